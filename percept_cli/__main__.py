@@ -1,0 +1,3 @@
+from percept_cli.cli import main
+
+main()
