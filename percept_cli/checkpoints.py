@@ -18,3 +18,89 @@ class ModelSource:
     vae: Path | None = None  # diffusers AutoencoderKL folder; None = pixel space
     scheduler: Path | None = None  # folder holding scheduler_config.json
     config: dict[str, Any] = field(default_factory=dict)  # percept.json: what the weights cannot say
+
+
+OFFICIAL_DEFAULTS = dict(in_channels=4, learn_sigma=True, top_k=2, norm_topk_prob=False, mlp_ratio=4.0)
+OFFICIAL_TASK_LABELS = (1000, 1001, 1002, 1003)  # conv_in_1..4 serve depth, amodal, flow-u, flow-v
+
+
+def read_official_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+    """Tensors of an official `.pt` (flat or {"ema": ...}); never a full unpickle."""
+    import pickle
+
+    import torch
+
+    from percept_cli.errors import ModelError
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load checkpoint '{path}' safely (weights_only=True): {first}; "
+            "re-download it or convert it to a plain state dict of tensors"
+        ) from None
+    if isinstance(obj, dict) and "ema" in obj and isinstance(obj["ema"], dict):
+        obj = obj["ema"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint '{path}' is not a state dict of tensors (flat or under 'ema')")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from a DDP wrapper
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def official_model_config(state: dict, extra: dict[str, Any]) -> dict[str, Any]:
+    """PerceptDiT config for an official state dict; heads (and the rest) come from percept.json."""
+    from percept_cli.errors import ModelError
+
+    if "num_heads" not in extra:
+        raise ModelError("official checkpoint config lacks 'num_heads': add it to percept.json (the weights cannot say it)")
+    opts = {**OFFICIAL_DEFAULTS, **{k: v for k, v in extra.items() if k in OFFICIAL_DEFAULTS}}
+    try:
+        conv = state["x_embedder.proj.conv_in_1.weight"]  # (D, cond+in, p, p)
+        tokens = state["pos_embed"].shape[1]
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        experts = 1 + max(int(k.split(".")[4]) for k in state if k.startswith("blocks.0.moe.experts."))
+        labels = state["y_embedder.embedding_table.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelError(f"not an official-layout state dict (missing {exc}); check the file or its layout") from None
+    patch = conv.shape[-1]
+    if "patch_size" in extra and int(extra["patch_size"]) != patch:
+        raise ModelError(f"percept.json says patch_size {extra['patch_size']} but the weights have {patch}")
+    side = int(round(tokens**0.5))
+    routed = tuple(extra.get("routed_labels", OFFICIAL_TASK_LABELS))
+    return dict(
+        sample_size=side, patch_size=patch, in_channels=opts["in_channels"],
+        cond_channels=conv.shape[1] - opts["in_channels"], hidden_size=conv.shape[0], depth=depth,
+        num_heads=int(extra["num_heads"]), mlp_ratio=opts["mlp_ratio"], num_experts=experts,
+        top_k=opts["top_k"], norm_topk_prob=opts["norm_topk_prob"], num_labels=labels, label_offset=0,
+        routed_labels=routed, learn_sigma=opts["learn_sigma"],
+    )
+
+
+def load_official(path: Path, extra: dict[str, Any], dtype: "torch.dtype | None" = None):
+    """Build a PerceptDiT from an official `.pt`, with a strict key and shape check."""
+    import torch
+
+    from percept_cli.errors import ModelError
+    from percept_cli.models.dit import PerceptDiT
+
+    state = read_official_state_dict(Path(path))
+    config = official_model_config(state, extra)
+    with torch.device("meta"):
+        model = PerceptDiT(**config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        def show(items):
+            return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "") if items else "none"
+        raise ModelError(
+            f"checkpoint '{path}' does not match the official layout: missing keys: {show(missing)}; "
+            f"unexpected keys: {show(unexpected)}; wrong shapes: {show(wrong)}"
+        )
+    dtype = dtype or torch.float32
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.pos_embed.requires_grad_(False)
+    return model.eval()

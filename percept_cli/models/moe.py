@@ -1,0 +1,76 @@
+"""Mixture-of-experts MLP: top-k router, experts, switch-style load-balancing loss.
+
+Key names follow the official layout (`moe.gate.weight`, `moe.experts.{e}.fc1/fc2`) so the paper's
+checkpoint loads without renaming. Every token is processed (no capacity, no dropped tokens), so an
+output never depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with tanh-approximated GELU (timm's Mlp as DiT uses it)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class MoE(nn.Module):
+    """Top-k routed experts; returns (output, router_logits) so the balance loss stays visible."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, norm_topk_prob: bool):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in 1..{num_experts}, got {top_k}")
+        self.num_experts, self.top_k, self.norm_topk_prob = num_experts, top_k, norm_topk_prob
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (M, D) tokens
+        logits = self.gate(x)  # (M, E)
+        probs = logits.float().softmax(dim=-1)
+        weights, idx = probs.topk(self.top_k, dim=-1)  # (M, k)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+
+        # Dispatch: sort the (token, slot) pairs by expert so each expert runs once on a contiguous
+        # slice; no capacity limit, so no token is dropped.
+        flat_idx = idx.reshape(-1)  # (M*k,)
+        order = flat_idx.argsort(stable=True)
+        token_of = order // self.top_k  # (M*k,) source token of each sorted pair
+        counts = torch.bincount(flat_idx, minlength=self.num_experts).tolist()
+        routed = x.index_select(0, token_of)  # (M*k, D)
+        outs = []
+        for e, chunk in zip(range(self.num_experts), routed.split(counts)):
+            if chunk.shape[0]:
+                outs.append(self.experts[e](chunk))
+        expert_out = torch.cat(outs) * weights.reshape(-1)[order, None]  # (M*k, D)
+        out = torch.zeros_like(x).index_add_(0, token_of, expert_out)  # (M, D)
+        return out.reshape(shape), logits
+
+
+def load_balancing_loss(router_logits: list[torch.Tensor], num_experts: int, top_k: int) -> torch.Tensor:
+    """Switch-transformer balance loss E * sum_e f_e * P_e, averaged over layers.
+
+    f_e is the fraction of routed (token, slot) pairs sent to expert e and P_e the mean router
+    probability of e; it equals 1 for perfectly uniform routing.
+    """
+    losses = []
+    for logits in router_logits:
+        probs = logits.float().softmax(dim=-1)  # (M, E)
+        idx = probs.topk(top_k, dim=-1).indices  # (M, k)
+        frac = F.one_hot(idx, num_experts).float().mean(dim=(0, 1))  # (E,)
+        losses.append(num_experts * (frac * probs.mean(dim=0)).sum())
+    return torch.stack(losses).mean()
