@@ -104,3 +104,68 @@ def load_official(path: Path, extra: dict[str, Any], dtype: "torch.dtype | None"
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model.pos_embed.requires_grad_(False)
     return model.eval()
+
+
+# What the official generalist's percept.json would hold beyond num_heads (official-checkpoint.md 3).
+OFFICIAL_PIPELINE = dict(
+    layout="official", tasks=["depth", "flow", "amodal"], steps=50, depth_ensemble=3, flow_ensemble=3,
+    amodal_ensemble=1, schedule="default", flow_scale=[75.0, 100.0], amodal_threshold=240.0, batch_size=8,
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    from percept_cli.errors import ModelError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"missing '{path}': the model folder is incomplete; re-download or re-save it") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read '{path}': {exc}; fix or re-download the file") from None
+
+
+def load_source(source: ModelSource, dtype: "torch.dtype | None" = None):
+    """(model, autoencoder, scheduler_config, pipeline_config) for a resolved source."""
+    from percept_cli.autoencoder import VAE, PixelSpace
+    from percept_cli.errors import ModelError
+    from percept_cli.schedules import SD2_SCHEDULER
+
+    sched_dir = source.scheduler or (source.root / "scheduler" if source.root else None)
+    sched = _read_json(sched_dir / "scheduler_config.json") if sched_dir else dict(SD2_SCHEDULER)
+    if source.layout == "official":
+        if source.weights is None or source.vae is None:
+            raise ModelError(f"model '{source.name}': the official layout needs a .pt file and a vae/ folder")
+        config = {**OFFICIAL_PIPELINE, **source.config, "layout": "official"}
+        model = load_official(source.weights, config, dtype)
+        return model, VAE.from_folder(source.vae), sched, config
+    if source.layout != "percept" or source.root is None:
+        raise ModelError(f"model '{source.name}': unknown layout {source.layout!r}")
+    from percept_cli.models.dit import PerceptDiT
+
+    config = {**_read_json(source.root / "percept.json"), **source.config, "layout": "percept"}
+    try:
+        model = PerceptDiT.from_pretrained(str(source.root), torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load model '{source.name}' from '{source.root}': {str(exc).splitlines()[0]}") from None
+    vae_dir = source.vae or (source.root / "vae" if (source.root / "vae").is_dir() else None)
+    autoencoder = VAE.from_folder(vae_dir) if vae_dir else PixelSpace()
+    return model.eval(), autoencoder, sched, config
+
+
+def save_percept(folder: Path, model, scheduler_config: dict[str, Any], config: dict[str, Any], dtype=None) -> Path:
+    """Write our layout: config.json + safetensors (ModelMixin), scheduler/, percept.json."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "scheduler").mkdir(exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
+    (folder / "percept.json").write_text(json.dumps({**config, "layout": "percept"}, indent=2) + "\n")
+    return folder

@@ -1,0 +1,312 @@
+"""Predictor: numpy images in, typed results out, for any input size.
+
+The data path, as numbered steps in `Predictor.predict_iter`:
+  1. check inputs once       2. resize to the processing grid, normalise
+  3. encode (VAE or pixels)  4. repeat members (and flow's u, v) in the batch dimension
+  5. DDIM sampling           6. decode
+  7. task values, ensemble at the processing grid (bounded memory for huge photos)
+  8. resize back to the input's size (flow vectors rescaled by the resize factors)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from percept_cli import tasks as T
+from percept_cli.autoencoder import VAE, PixelSpace
+from percept_cli.checkpoints import ModelSource
+from percept_cli.errors import InputError, UsageError
+from percept_cli.sampler import ddim_sample, initial_noise
+from percept_cli.schedules import SD2_SCHEDULER, check_steps, make_scheduler, parse_schedule, schedule_warning
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
+DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16)
+
+
+@dataclass
+class DepthResult:
+    depth: np.ndarray  # (H, W) float32 in [0, 1], affine-invariant, 0 = near
+    uncertainty: np.ndarray | None  # (H, W) float32, same units as depth; None for one member
+
+
+@dataclass
+class FlowResult:
+    flow: np.ndarray  # (H, W, 2) float32 forward flow frame 1 -> 2 in input pixels (u right, v down)
+    uncertainty: np.ndarray | None  # (H, W) float32 RMS end-point spread of the members, pixels
+
+
+@dataclass
+class AmodalResult:
+    mask: np.ndarray  # (H, W) bool: the whole object, hidden parts included
+    soft: np.ndarray  # (H, W) float32 in [0, 1]: foreground probability
+    image: np.ndarray  # (H, W, 3) uint8: the whole object's appearance on white
+    uncertainty: np.ndarray | None  # (H, W) float32: fraction of members disagreeing with the mask
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int
+    ensemble: int
+    schedule: str
+    seed: int
+    resolution: int
+    batch_size: int
+    reduction: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TaskInput:
+    image: np.ndarray  # (H, W, 3) uint8
+    extra: np.ndarray | None = None  # flow: frame 2 (H, W, 3) uint8; amodal: visible mask (H, W) bool
+    name: str = "input"  # for messages
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """auto -> cuda, then mps, then cpu; a named device that is not there is a usage error."""
+    device = (device or "auto").lower()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is visible; use --device cpu (or auto)")
+    if device == "mps" and not has_mps:
+        raise UsageError("--device mps: Apple's MPS backend is not available here; use --device cpu (or auto)")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda[:N] or mps, got {device!r}")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W[, C]) array; area for shrinking, linear for growing."""
+    h, w = size_hw
+    if arr.shape[:2] == (h, w):
+        return arr
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if h * w < arr.shape[0] * arr.shape[1] else cv2.INTER_LINEAR
+    out = cv2.resize(arr, (w, h), interpolation=interp)
+    return out.reshape((h, w) + arr.shape[2:])
+
+
+class Predictor:
+    """Runs one loaded model for depth, flow and amodal; load once, predict many."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        autoencoder: VAE | PixelSpace,
+        scheduler_config: dict[str, Any],
+        config: dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "fp32",
+        warn: Callable[[str], None] | None = None,
+    ):
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.dtype = pick_dtype(dtype)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.autoencoder = autoencoder.to(self.device)
+        self.scheduler_config = dict(scheduler_config)
+        self.config = dict(config or {})
+        self.warn = warn or (lambda msg: None)
+        mc = model.config
+        self.unit = mc.patch_size * autoencoder.factor  # input pixels per token side
+        # A model whose grid is fixed (the official layout) accepts exactly one resolution.
+        self.fixed_resolution = mc.sample_size * self.unit if self.config.get("layout") == "official" else None
+        self.tasks = tuple(self.config.get("tasks", tuple(T.TASKS)))
+
+    @classmethod
+    def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "fp32", warn=None) -> "Predictor":
+        """Load a resolved model (our folder or the official layout)."""
+        from percept_cli.checkpoints import load_source
+
+        model, autoencoder, sched, config = load_source(source)
+        return cls(model, autoencoder, sched, config, device=device, dtype=dtype, warn=warn)
+
+    # -- settings ---------------------------------------------------------------------------------
+
+    def settings(
+        self,
+        task: str,
+        steps: int | None = None,
+        ensemble: int | None = None,
+        schedule: str | None = None,
+        seed: int | None = None,
+        resolution: int | None = None,
+        batch_size: int | None = None,
+        reduction: str | None = None,
+    ) -> Settings:
+        """Resolve CLI value > checkpoint default > built-in default, and validate each once."""
+        if task not in self.tasks:
+            raise UsageError(f"this model was not trained for {task}: it does {', '.join(self.tasks)}")
+
+        def pick(name, value):
+            if value is not None:
+                return value
+            per_task = self.config.get(f"{task}_{name}")
+            return per_task if per_task is not None else self.config.get(name, DEFAULTS.get(name))
+
+        steps = check_steps(pick("steps", steps))
+        ensemble = int(pick("ensemble", ensemble))
+        if ensemble < 1:
+            raise UsageError(f"--ensemble must be at least 1, got {ensemble}")
+        schedule = str(pick("schedule", schedule))
+        parse_schedule(schedule)
+        batch_size = int(pick("batch_size", batch_size))
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        resolution = int(pick("resolution", resolution) if self.fixed_resolution is None else (resolution or self.fixed_resolution))
+        if self.fixed_resolution is not None and resolution != self.fixed_resolution:
+            raise UsageError(
+                f"--resolution {resolution}: this model's position table fixes it to {self.fixed_resolution} "
+                f"({self.fixed_resolution // self.unit * self.model.config.patch_size}x"
+                f"{self.fixed_resolution // self.unit * self.model.config.patch_size} latents); drop --resolution"
+            )
+        if resolution < self.unit or resolution % self.unit:
+            raise UsageError(f"--resolution must be a positive multiple of {self.unit} for this model, got {resolution}")
+        if reduction is not None and reduction not in ("mean", "median"):
+            raise UsageError(f"--reduction must be mean or median, got {reduction!r}")
+        seed = 0 if seed is None else int(seed)
+        return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction)
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    def predict(self, task: str, inputs: Sequence[TaskInput], settings: Settings | None = None, **kw) -> list:
+        """Results in input order (see predict_iter)."""
+        results = [None] * len(inputs)
+        for i, res in self.predict_iter(task, inputs, settings, **kw):
+            results[i] = res
+        return results
+
+    def check_input(self, task: str, item: TaskInput) -> None:
+        """Validate one input at the edge; InputError names it and the fix."""
+        img = item.image
+        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8):
+            raise InputError(f"{item.name}: expected an (H, W, 3) uint8 RGB image, got {getattr(img, 'shape', type(img))}")
+        if min(img.shape[:2]) < 1:
+            raise InputError(f"{item.name}: the image is empty")
+        kind = T.get_task(task).extra
+        if kind == "frame":
+            e = item.extra
+            if not (isinstance(e, np.ndarray) and e.shape == img.shape and e.dtype == np.uint8):
+                got = getattr(e, "shape", None)
+                raise InputError(
+                    f"{item.name}: frame 2 must be a uint8 RGB image of the same size as frame 1 "
+                    f"{img.shape[1]}x{img.shape[0]}, got {got}; resize one of them"
+                )
+        if kind == "mask":
+            e = item.extra
+            if not (isinstance(e, np.ndarray) and e.shape == img.shape[:2]):
+                got = getattr(e, "shape", None)
+                raise InputError(
+                    f"{item.name}: the visible mask must be {img.shape[1]}x{img.shape[0]} like its image, got "
+                    f"{got[1]}x{got[0]}" if got and len(got) >= 2 else f"{item.name}: a visible mask is required"
+                )
+
+    @torch.no_grad()
+    def predict_iter(
+        self,
+        task: str,
+        inputs: Sequence[TaskInput],
+        settings: Settings | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield (input index, result) as each input finishes; inputs share batches of rows."""
+        settings = settings or self.settings(task)
+        spec = T.get_task(task)
+        # 1. check inputs once, before any work
+        for item in inputs:
+            self.check_input(task, item)
+        scheduler = make_scheduler(self.scheduler_config, settings.schedule)
+        note = schedule_warning(scheduler, settings.steps)
+        if note:
+            self.warn(note)
+        res = settings.resolution
+        grid = (res, res)
+        lat_shape = (self.autoencoder.channels, res // self.autoencoder.factor, res // self.autoencoder.factor)
+        noise = initial_noise(lat_shape, settings.ensemble, settings.seed)  # (E, C, h, w) on the CPU
+        autocast = None if self.dtype == torch.float32 else self.dtype
+        # Rows: (input, label, member); one input's rows are contiguous, so it finishes early.
+        rows = [(i, li, k) for i in range(len(inputs)) for li in range(len(spec.labels)) for k in range(settings.ensemble)]
+        per_input = len(spec.labels) * settings.ensemble
+        decoded: dict[int, list[np.ndarray]] = {}
+        cond_cache: dict[int, torch.Tensor] = {}
+        for start in range(0, len(rows), settings.batch_size):
+            chunk = rows[start : start + settings.batch_size]
+            # 2-3. resize, normalise and encode each input of this chunk once
+            for i in dict.fromkeys(r[0] for r in chunk):
+                if i not in cond_cache:
+                    cond_cache[i] = self._encode(task, inputs[i], grid)
+            # 4. members and labels ride in the batch dimension
+            cond = torch.cat([cond_cache[i] for i, _, _ in chunk])  # (B, 2C, h, w)
+            z0 = noise[[k for _, _, k in chunk]].to(self.device)  # (B, C, h, w)
+            labels = torch.tensor([spec.labels[li] for _, li, _ in chunk], device=self.device)
+            # 5. DDIM
+            step_cb = (lambda s, out: on_step(len(chunk))) if on_step else None
+            z = ddim_sample(self.model, cond, z0, labels, scheduler, settings.steps, autocast_dtype=autocast, on_step=step_cb)
+            # 6. decode
+            images = self.autoencoder.decode(z).cpu().numpy()  # (B, 3, H, W)
+            for (i, _, _), img in zip(chunk, images):
+                decoded.setdefault(i, []).append(img)
+                if len(decoded[i]) == per_input:
+                    # 7-8. reduce at the grid, resize back
+                    members = np.stack(decoded.pop(i)).reshape(len(spec.labels), settings.ensemble, *img.shape)
+                    cond_cache.pop(i, None)
+                    yield i, self._finish(task, members, inputs[i], settings)
+
+    def _encode(self, task: str, item: TaskInput, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, 2C, h, w): [rgb latent, prompt latent] at the processing grid."""
+        image = _resize(item.image, grid)
+        extra = item.extra
+        if extra is not None and extra.dtype == bool:  # a mask: nearest, so it stays binary
+            extra = _resize(extra.astype(np.uint8), grid, nearest=True).astype(bool)
+        elif extra is not None:
+            extra = _resize(extra, grid)
+        rgb = T.to_unit(image)
+        prompt = T.prompt_image(task, image, extra)
+        pair = torch.from_numpy(np.stack([rgb, prompt])).to(self.device)  # (2, 3, H, W)
+        lat = self.autoencoder.encode(pair)  # (2, C, h, w)
+        return lat.reshape(1, -1, *lat.shape[-2:])
+
+    def _finish(self, task: str, members: np.ndarray, item: TaskInput, settings: Settings):
+        h, w = item.image.shape[:2]
+        values = T.members_to_values(task, members, self.config)
+        if task == T.DEPTH:
+            depth, unc = T.REDUCERS[task](values, reduction=settings.reduction or "median")
+            return DepthResult(
+                np.clip(_resize(depth, (h, w)), 0.0, 1.0).astype(np.float32),
+                None if unc is None else _resize(unc, (h, w)).astype(np.float32),
+            )
+        if task == T.FLOW:
+            flow, unc = T.REDUCERS[task](values, reduction=settings.reduction or "mean")
+            gh, gw = flow.shape[:2]
+            flow = _resize(flow, (h, w)) * np.array([w / gw, h / gh], np.float32)  # grid px -> input px
+            if unc is not None:
+                unc = _resize(unc, (h, w)) * float(np.sqrt((w / gw) * (h / gh)))
+            return FlowResult(flow.astype(np.float32), unc)
+        red = T.REDUCERS[task](values, threshold=float(self.config.get("amodal_threshold", 240.0)))
+        image = _resize(red.image, (h, w))
+        from percept_cli.ensemble import amodal_soft
+
+        soft = amodal_soft(image, float(self.config.get("amodal_threshold", 240.0)))
+        unc = None if red.uncertainty is None else _resize(red.uncertainty, (h, w))
+        rgb = np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return AmodalResult(soft >= 0.5, soft, rgb, unc)
