@@ -1,0 +1,545 @@
+"""Every output format, each file written atomically (temp name in the same folder, then rename).
+
+Output names, for stem = OUT/rel (see DESIGN.md "The command line"):
+
+    task    format   file                        uncertainty beside it
+    depth   npy      NAME.depth.npy              NAME.depth.uncertainty.npy   (numeric formats)
+            png16    NAME.depth.png              NAME.depth.uncertainty.png   (image formats)
+            color    NAME.depth.color.png
+    flow    flo      NAME.flow.flo               NAME.flow.uncertainty.npy    (flo, npy)
+            png      NAME.flow.png               NAME.flow.uncertainty.png    (png)
+            npy      NAME.flow.npy
+    amodal  png      NAME.amodal.png             NAME.amodal.uncertainty.npy  (npy)
+            npy      NAME.amodal.npy             NAME.amodal.uncertainty.png  (png, overlay)
+            overlay  NAME.amodal.overlay.png
+
+Names are built by appending to the stem's name, so a stem such as `x.jpg` stays intact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, OutputError, UsageError
+
+# cv2 and imageio are imported inside functions: the CLI imports this module for parse_formats.
+
+DEPTH_FORMATS = ("npy", "png16", "color")
+FLOW_FORMATS = ("flo", "png", "npy")
+AMODAL_FORMATS = ("png", "npy", "overlay")
+FORMATS = {"depth": DEPTH_FORMATS, "flow": FLOW_FORMATS, "amodal": AMODAL_FORMATS}
+
+FLO_MAGIC = 202021.25  # "PIEH" read as a little-endian float32
+_UNKNOWN_FLOW = 1e9  # Middlebury: components above this mark unknown flow
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def ensure_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create `folder` (and parents); OutputError naming it when that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise OutputError(
+            f"cannot create output folder '{folder}': a file of that name exists; "
+            "choose another output folder with -o"
+        ) from e
+    except OSError as e:
+        why = "part of the path is a file" if isinstance(e, NotADirectoryError) else (e.strerror or str(e))
+        raise OutputError(
+            f"cannot create output folder '{folder}': {why}; choose a writable output folder with -o"
+        ) from e
+    return folder
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` on success, delete it on any failure.
+
+    The temp name `.NAME.tmp-PID.EXT` keeps the real extension last because some writers
+    (ffmpeg) pick the format from it, and starts with a dot so input scans skip it.
+    """
+    path = Path(path)
+    ensure_folder(path.parent)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:  # KeyboardInterrupt too: never leave a temp file behind
+        _discard(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
+        raise
+
+
+def _temp_name(path: Path) -> Path:
+    """`.NAME.tmp-PID.EXT` beside `path`."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def _discard(tmp: Path) -> None:
+    """Delete a temp file if it is there; a failure here must not hide the original error."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _write_error(path: Path, e: BaseException) -> OutputError:
+    """OutputError naming the file, its folder and the fix."""
+    why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return OutputError(
+        f"cannot write '{path.name}' in folder '{path.parent}': {why}; "
+        "choose a writable output folder with -o, or free some disk space"
+    )
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return path
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def write_npy(path: str | os.PathLike[str], arr: np.ndarray) -> Path:
+    """Save an array as .npy, atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return write_bytes(path, buf.getvalue())
+
+
+def _encode_png(img: np.ndarray, path: Path) -> bytes:
+    """PNG bytes of a uint8/uint16 array already in cv2's channel order."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # only on shapes cv2 cannot store; callers validate those first
+        raise OutputError(f"cannot encode '{path}' as PNG; report this as a bug")
+    return buf.tobytes()
+
+
+def _rgb_to_cv2(img: np.ndarray) -> np.ndarray:
+    """RGB(A) -> BGR(A) for cv2; gray unchanged."""
+    if img.ndim == 3 and img.shape[2] == 3:
+        return np.ascontiguousarray(img[..., ::-1])
+    if img.ndim == 3 and img.shape[2] == 4:
+        return np.ascontiguousarray(img[..., [2, 1, 0, 3]])
+    return np.ascontiguousarray(img)
+
+
+def _check_image_shape(img: np.ndarray, name: str) -> None:
+    """ValueError unless (H, W), (H, W, 3) or (H, W, 4)."""
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        raise ValueError(f"{name} must be (H, W), (H, W, 3) or (H, W, 4), got shape {img.shape}")
+
+
+def write_png16(path: str | os.PathLike[str], arr01: np.ndarray) -> Path:
+    """Write floats in [0, 1] as a 16-bit PNG: round(x * 65535), clipped, NaN -> 0; RGB order in."""
+    arr01 = np.asarray(arr01)
+    _check_image_shape(arr01, "write_png16 input")
+    u16 = np.round(np.clip(np.nan_to_num(arr01.astype(np.float64), nan=0.0), 0.0, 1.0) * 65535.0).astype(np.uint16)
+    path = Path(path)
+    return write_bytes(path, _encode_png(_rgb_to_cv2(u16), path))
+
+
+def read_png16(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 16-bit PNG written by write_png16 back to float32 in [0, 1]."""
+    import cv2
+
+    path = Path(path)
+    data = np.fromfile(path, np.uint8) if path.is_file() else np.zeros(0, np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None or img.dtype != np.uint16:
+        raise InputError(f"cannot read '{path}' as a 16-bit PNG: missing, corrupt or not 16-bit; re-export it")
+    return (_rgb_to_cv2(img).astype(np.float32) / np.float32(65535.0)).astype(np.float32)
+
+
+def write_png8(path: str | os.PathLike[str], img: np.ndarray) -> Path:
+    """Write a uint8 gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4) image as PNG."""
+    img = np.asarray(img)
+    _check_image_shape(img, "write_png8 input")
+    if img.dtype != np.uint8:
+        raise ValueError(f"write_png8 needs uint8, got {img.dtype}; scale and cast first")
+    path = Path(path)
+    return write_bytes(path, _encode_png(_rgb_to_cv2(img), path))
+
+
+def _colormap(values01: np.ndarray, cmap: int) -> np.ndarray:
+    """(H, W) floats in [0, 1] through a cv2 colormap -> (H, W, 3) uint8 RGB."""
+    import cv2
+
+    u8 = np.round(np.clip(np.nan_to_num(values01.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(cv2.applyColorMap(u8, cmap)[..., ::-1])
+
+
+def colorize_depth(depth01: np.ndarray) -> np.ndarray:
+    """Depth in [0, 1] (0 = near) -> (H, W, 3) uint8 RGB with inferno: near bright yellow, far black."""
+    import cv2
+
+    depth01 = np.asarray(depth01)
+    if depth01.ndim != 2:
+        raise ValueError(f"colorize_depth needs depth (H, W), got shape {depth01.shape}")
+    # Inferno is perceptually uniform and prints in gray; inverted so that near objects stand out.
+    return _colormap(1.0 - depth01, cv2.COLORMAP_INFERNO)
+
+
+def colorize_uncertainty(uncertainty: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Uncertainty (H, W) >= 0 -> (H, W, 3) uint8 RGB with viridis, scaled by vmax (default: its max)."""
+    import cv2
+
+    u = np.nan_to_num(np.asarray(uncertainty, dtype=np.float32))
+    if u.ndim != 2:
+        raise ValueError(f"colorize_uncertainty needs (H, W), got shape {u.shape}")
+    top = float(u.max()) if vmax is None else float(vmax)
+    return _colormap(u / top if top > 0 else np.zeros_like(u), cv2.COLORMAP_VIRIDIS)
+
+
+def _check_flow(flow: np.ndarray) -> np.ndarray:
+    """ValueError unless (H, W, 2)."""
+    flow = np.asarray(flow)
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"flow must be (H, W, 2) with (dx, dy) in pixels, got shape {flow.shape}")
+    return flow
+
+
+def write_flo(path: str | os.PathLike[str], flow: np.ndarray) -> Path:
+    """Write (H, W, 2) flow as Middlebury .flo: float32 magic, int32 width, int32 height, float32 u,v."""
+    flow = _check_flow(flow)
+    h, w = flow.shape[:2]
+    data = (
+        np.array([FLO_MAGIC], "<f4").tobytes()
+        + np.array([w, h], "<i4").tobytes()
+        + np.ascontiguousarray(flow, dtype="<f4").tobytes()  # row-major, u and v interleaved
+    )
+    return write_bytes(path, data)
+
+
+def read_flo(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a Middlebury .flo file to (H, W, 2) float32, validating magic, size and length."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read flow '{path}': {e.strerror or e}; check the path") from e
+    if len(data) < 12 or np.frombuffer(data[:4], "<f4")[0] != np.float32(FLO_MAGIC):
+        raise InputError(f"cannot read flow '{path}': not a .flo file (bad magic number); give a Middlebury .flo")
+    w, h = (int(v) for v in np.frombuffer(data[4:12], "<i4"))
+    if w <= 0 or h <= 0 or len(data) != 12 + 8 * w * h:
+        raise InputError(
+            f"cannot read flow '{path}': header says {w}x{h} but the file holds {len(data) - 12} data bytes; "
+            "the file is truncated or corrupt, re-export it"
+        )
+    return np.frombuffer(data, "<f4", offset=12).reshape(h, w, 2).astype(np.float32)
+
+
+def _make_colorwheel() -> np.ndarray:
+    """Baker et al.'s Middlebury colour wheel: 55 RGB colours, (55, 3) float in [0, 255]."""
+    RY, YG, GC, CB, BM, MR = 15, 6, 4, 11, 13, 6
+    ramps = []
+    for n, start, channel in (
+        (RY, (255, 0, 0), 1),  # red -> yellow: green rises
+        (YG, (255, 255, 0), 0),  # yellow -> green: red falls
+        (GC, (0, 255, 0), 2),  # green -> cyan: blue rises
+        (CB, (0, 255, 255), 1),  # cyan -> blue: green falls
+        (BM, (0, 0, 255), 0),  # blue -> magenta: red rises
+        (MR, (255, 0, 255), 2),  # magenta -> red: blue falls
+    ):
+        seg = np.tile(np.array(start, np.float64), (n, 1))
+        step = np.floor(255.0 * np.arange(n) / n)
+        seg[:, channel] = step if start[channel] == 0 else 255.0 - step
+        ramps.append(seg)
+    return np.concatenate(ramps)
+
+
+_COLORWHEEL = _make_colorwheel()
+
+
+def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
+    """(H, W, 2) flow -> (H, W, 3) uint8 RGB on the Middlebury wheel: hue = direction, saturation = speed.
+
+    Speeds are divided by max_flow (default: the largest finite speed in the map); speeds above
+    1 after that are dimmed to 75 %, zero flow is white and unknown (non-finite or > 1e9) is black.
+    """
+    flow = _check_flow(flow).astype(np.float64)
+    unknown = ~np.isfinite(flow).all(axis=2) | (np.abs(np.nan_to_num(flow)) > _UNKNOWN_FLOW).any(axis=2)
+    u = np.where(unknown, 0.0, flow[..., 0])
+    v = np.where(unknown, 0.0, flow[..., 1])
+    rad = np.sqrt(u * u + v * v)
+    top = float(rad.max()) if max_flow is None else float(max_flow)
+    scale = 1.0 / (top + 1e-5) if max_flow is None else (1.0 / top if top > 0 else 0.0)
+    u, v, rad = u * scale, v * scale, rad * scale
+
+    ncols = len(_COLORWHEEL)
+    a = np.arctan2(-v, -u) / np.pi  # in [-1, 1]; +x flow sits at the wheel's start (red)
+    a = np.where(a == 1.0, -1.0, a)  # -0.0 vs +0.0 in v must not flip +x flow to the wheel's end
+    fk = (a + 1.0) / 2.0 * (ncols - 1)
+    k0 = np.floor(fk).astype(np.int64)
+    k1 = (k0 + 1) % ncols
+    f = (fk - k0)[..., None]
+    col = (1.0 - f) * _COLORWHEEL[k0] / 255.0 + f * _COLORWHEEL[k1] / 255.0  # (H, W, 3)
+    inside = (rad <= 1.0)[..., None]
+    col = np.where(inside, 1.0 - rad[..., None] * (1.0 - col), col * 0.75)
+    out = np.floor(255.0 * col).astype(np.uint8)
+    out[unknown] = 0
+    return out
+
+
+def overlay_mask(
+    rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0), alpha: float = 0.5
+) -> np.ndarray:
+    """Blend `color` over `rgb` (H, W, 3) uint8 where `mask` (H, W) is true."""
+    rgb = np.asarray(rgb)
+    mask = np.asarray(mask, dtype=bool)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or mask.shape != rgb.shape[:2]:
+        raise ValueError(f"overlay_mask needs rgb (H, W, 3) and mask (H, W), got {rgb.shape} and {mask.shape}")
+    out = rgb.copy()
+    blend = (1.0 - alpha) * rgb[mask].astype(np.float32) + alpha * np.asarray(color, np.float32)
+    out[mask] = np.round(blend).astype(np.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------- per task
+
+# (format, file suffix) in write order; uncertainty: which formats ask for its .npy / .png
+_NAMES = {
+    "depth": (("npy", ".depth.npy"), ("png16", ".depth.png"), ("color", ".depth.color.png")),
+    "flow": (("flo", ".flow.flo"), ("png", ".flow.png"), ("npy", ".flow.npy")),
+    "amodal": (("png", ".amodal.png"), ("npy", ".amodal.npy"), ("overlay", ".amodal.overlay.png")),
+}
+_NUMERIC = {"depth": {"npy"}, "flow": {"flo", "npy"}, "amodal": {"npy"}}
+
+
+def parse_formats(text: str, task: str) -> tuple[str, ...]:
+    """Parse a comma list of --format values for `task` ('all' = every format); UsageError if invalid."""
+    if task not in FORMATS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(FORMATS)}")
+    allowed = FORMATS[task]
+    out: list[str] = []
+    for value in (v.strip().lower() for v in str(text).split(",")):
+        if not value:
+            continue
+        picked = allowed if value == "all" else (value,)
+        for fmt in picked:
+            if fmt not in allowed:
+                raise UsageError(
+                    f"--format: '{value}' is not a {task} format; choose from {','.join(allowed)} "
+                    "(comma-separated) or all"
+                )
+            if fmt not in out:
+                out.append(fmt)
+    if not out:
+        raise UsageError(f"--format is empty; choose from {','.join(allowed)} (comma-separated) or all")
+    return tuple(out)
+
+
+def _formats(formats: str | Sequence[str], task: str) -> tuple[str, ...]:
+    """Validated formats from a comma string or a sequence."""
+    return parse_formats(formats if isinstance(formats, str) else ",".join(formats), task)
+
+
+def _plan(task: str, stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> dict[str, Path]:
+    """{format or 'uncertainty.npy'/'uncertainty.png': path} in a fixed order."""
+    stem = Path(stem)
+    chosen = _formats(formats, task)
+    named = lambda suffix: stem.with_name(stem.name + suffix)  # noqa: E731 - append, never replace a suffix
+    plan = {fmt: named(suffix) for fmt, suffix in _NAMES[task] if fmt in chosen}
+    if uncertainty:
+        if any(f in _NUMERIC[task] for f in chosen):
+            plan["uncertainty.npy"] = named(f".{task}.uncertainty.npy")
+        if any(f not in _NUMERIC[task] for f in chosen):
+            plan["uncertainty.png"] = named(f".{task}.uncertainty.png")
+    return plan
+
+
+def _write_plan(plan: dict[str, Path], writers: dict[str, Callable[[Path], object]], overwrite: bool) -> list[Path]:
+    """Run each writer whose file is missing (or all with overwrite); return every planned path."""
+    for key, path in plan.items():
+        if overwrite or not path.exists():
+            writers[key](path)
+    return list(plan.values())
+
+
+def _check_map(arr: np.ndarray | None, shape: tuple[int, ...], name: str) -> None:
+    """ValueError unless `arr` is None or has `shape`."""
+    if arr is not None and np.shape(arr) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
+
+
+def depth_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
+    """Paths write_depth would write for `stem` (OUT/rel)."""
+    return list(_plan("depth", stem, formats, uncertainty).values())
+
+
+def write_depth(
+    stem: str | os.PathLike[str],
+    depth: np.ndarray,
+    uncertainty: np.ndarray | None,
+    formats: str | Sequence[str],
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write depth (H, W) in [0, 1], 0 = near, and its uncertainty; existing files are kept unless overwrite."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+    _check_map(uncertainty, depth.shape, "uncertainty")
+    plan = _plan("depth", stem, formats, uncertainty is not None)
+    writers = {
+        "npy": lambda p: write_npy(p, depth),
+        "png16": lambda p: write_png16(p, depth),
+        "color": lambda p: write_png8(p, colorize_depth(depth)),
+        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
+        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+    }
+    return _write_plan(plan, writers, overwrite)
+
+
+def flow_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
+    """Paths write_flow would write for `stem` (OUT/rel)."""
+    return list(_plan("flow", stem, formats, uncertainty).values())
+
+
+def write_flow(
+    stem: str | os.PathLike[str],
+    flow: np.ndarray,
+    uncertainty: np.ndarray | None,
+    formats: str | Sequence[str],
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write forward flow (H, W, 2) in pixels and its uncertainty; existing files are kept unless overwrite."""
+    flow = _check_flow(flow).astype(np.float32)
+    _check_map(uncertainty, flow.shape[:2], "uncertainty")
+    plan = _plan("flow", stem, formats, uncertainty is not None)
+    writers = {
+        "flo": lambda p: write_flo(p, flow),
+        "png": lambda p: write_png8(p, flow_to_color(flow)),
+        "npy": lambda p: write_npy(p, flow),
+        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
+        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+    }
+    return _write_plan(plan, writers, overwrite)
+
+
+def amodal_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
+    """Paths write_amodal would write for `stem` (OUT/rel)."""
+    return list(_plan("amodal", stem, formats, uncertainty).values())
+
+
+def write_amodal(
+    stem: str | os.PathLike[str],
+    mask: np.ndarray,
+    soft: np.ndarray,
+    image: np.ndarray | None,
+    uncertainty: np.ndarray | None,
+    formats: str | Sequence[str],
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the amodal mask (0/255 PNG), its probability (.npy), an overlay on `image`, and uncertainty."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    _check_map(soft, mask.shape, "soft")
+    _check_map(uncertainty, mask.shape, "uncertainty")
+    plan = _plan("amodal", stem, formats, uncertainty is not None)
+    if "overlay" in plan:
+        _check_map(image, mask.shape + (3,), "image (needed for the overlay format)")
+        if image is None:
+            raise ValueError("image (H, W, 3) uint8 is needed for the overlay format")
+    writers = {
+        "png": lambda p: write_png8(p, mask.astype(np.uint8) * 255),
+        "npy": lambda p: write_npy(p, np.asarray(soft, np.float32)),
+        "overlay": lambda p: write_png8(p, overlay_mask(np.asarray(image, np.uint8), mask)),
+        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
+        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+    }
+    return _write_plan(plan, writers, overwrite)
+
+
+# ----------------------------------------------------------------------------- video
+
+
+class VideoWriter:
+    """Context manager writing RGB frames to an H.264 .mp4; the file appears only on a clean exit.
+
+    Frames are padded (edge pixels repeated) to even width and height, which yuv420p needs,
+    instead of letting imageio resize them. Nothing is written if no frame was appended, and an
+    existing file is kept (self.skipped) unless overwrite.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = 10.0, overwrite: bool = False) -> None:
+        if not fps > 0:
+            raise UsageError(f"--fps must be positive, got {fps}; pass e.g. --fps 10")
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.skipped = self.path.exists() and not overwrite
+        self.frames = 0
+        self._size: tuple[int, int] | None = None
+        self._writer = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> VideoWriter:
+        if not self.skipped:
+            ensure_folder(self.path.parent)
+            self._tmp = _temp_name(self.path)
+        return self
+
+    def append(self, frame: np.ndarray) -> None:
+        """Add one (H, W, 3) RGB or (H, W) gray uint8 frame; every frame must have the first one's size."""
+        if self.skipped:
+            return
+        if self._tmp is None:
+            raise RuntimeError("VideoWriter.append called outside its with block")
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
+            raise ValueError(f"video frames must be uint8 (H, W, 3) or (H, W), got {frame.dtype} {frame.shape}")
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        if self._size is None:
+            self._size = frame.shape[:2]
+        elif frame.shape[:2] != self._size:
+            raise ValueError(f"video frame {self.frames} is {frame.shape[:2]}, the first was {self._size}")
+        h, w = self._size
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        try:
+            if self._writer is None:
+                self._writer = self._open()
+            self._writer.append_data(frame)
+        except (OSError, RuntimeError) as e:
+            raise _write_error(self.path, e) from e
+        self.frames += 1
+
+    def _open(self):
+        """Start ffmpeg on the temp file."""
+        import imageio.v2 as imageio
+
+        return imageio.get_writer(
+            self._tmp, format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
+            pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+        )
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp is None:
+            return
+        tmp, self._tmp = self._tmp, None
+        try:
+            if self._writer is not None:
+                self._writer.close()  # flushes ffmpeg; raises if encoding failed
+            if exc is None and self.frames:
+                os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as e:
+            if exc is None:  # otherwise the body's own exception is the one to report
+                raise _write_error(self.path, e) from e
+        finally:
+            _discard(tmp)  # no-op after a successful rename
