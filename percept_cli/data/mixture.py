@@ -1,0 +1,115 @@
+"""Training examples for every task, as model-ready arrays: (condition, target, label).
+
+A `ScenePool` renders synthetic scenes once (at twice the training resolution, then area-downsampled
+so edges are anti-aliased) and keeps them in memory; `sample_batch` draws a multi-task batch with
+random horizontal flips. Targets follow the task registry's encodings (tasks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from percept_cli import tasks as T
+
+# Labels used in training batches: depth, amodal, flow-u, flow-v (the official ids), and the null row
+# for generative pre-training.
+LABELS = {"depth": 1000, "amodal": 1001, "flow_u": 1002, "flow_v": 1003}
+NULL_LABEL = 1004
+
+
+def _down(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    out = cv2.resize(arr, (size, size), interpolation=interp)
+    return out.reshape((size, size) + arr.shape[2:])
+
+
+@dataclass
+class ScenePool:
+    """Rendered scenes at `size`: arrays stacked along the first axis."""
+
+    rgb: np.ndarray  # (N, H, W, 3) uint8
+    rgb2: np.ndarray  # (N, H, W, 3) uint8
+    depth: np.ndarray  # (N, H, W) float32
+    flow: np.ndarray  # (N, H, W, 2) float32, pixels at this size
+    visible: np.ndarray  # (N, H, W) bool
+    whole_rgb: np.ndarray  # (N, H, W, 3) uint8
+    whole: np.ndarray  # (N, H, W) bool
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    @classmethod
+    def render(cls, seeds: range, size: int, supersample: int = 2) -> "ScenePool":
+        """Render scenes for `seeds`; each at size*supersample, then downsampled."""
+        from percept_cli.data.scenes import render_scene
+
+        cols: dict[str, list] = {k: [] for k in cls.__dataclass_fields__}
+        big = size * supersample
+        for seed in seeds:
+            s = render_scene(seed, big)
+            cols["rgb"].append(_down(s.rgb, size))
+            cols["rgb2"].append(_down(s.rgb2, size))
+            cols["depth"].append(_down(s.depth, size))
+            cols["flow"].append(_down(s.flow, size) / supersample)
+            cols["visible"].append(_down(s.visible_mask.astype(np.float32), size) > 0.5)
+            cols["whole_rgb"].append(_down(s.whole_rgb, size))
+            cols["whole"].append(_down(s.whole_mask.astype(np.float32), size) > 0.5)
+        return cls(**{k: np.stack(v) for k, v in cols.items()})
+
+    @classmethod
+    def cached(cls, path: Path, seeds: range, size: int) -> "ScenePool":
+        """Render once and keep an .npz beside the run, so restarts and resumes skip rendering."""
+        path = Path(path)
+        if path.exists():
+            data = np.load(path)
+            if int(data["size"]) == size and int(data["start"]) == seeds.start and int(data["stop"]) == seeds.stop:
+                return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        pool = cls.render(seeds, size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, size=size, start=seeds.start, stop=seeds.stop, **{k: getattr(pool, k) for k in cls.__dataclass_fields__})
+        tmp.replace(path)
+        return pool
+
+
+def example(pool: ScenePool, i: int, kind: str, flip: bool, flow_scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, int]:
+    """One (cond (6, H, W), target (3, H, W), label) in [-1, 1] units, optionally mirrored left-right."""
+    sl = (slice(None), slice(None, None, -1)) if flip else (slice(None), slice(None))
+    rgb = pool.rgb[i][sl]
+    if kind == "generate":  # unconditional image generation (pre-training): no condition
+        return np.zeros((6,) + rgb.shape[:2], np.float32), T.to_unit(np.ascontiguousarray(rgb)), NULL_LABEL
+    if kind == "depth":
+        prompt = T.prompt_image("depth", rgb, None)
+        target = T.depth_target(pool.depth[i][sl])
+    elif kind == "amodal":
+        prompt = T.prompt_image("amodal", rgb, pool.visible[i][sl])
+        target = T.amodal_target(np.ascontiguousarray(pool.whole_rgb[i][sl]))
+    else:
+        flow = pool.flow[i][sl].copy()
+        if flip:
+            flow[..., 0] *= -1  # mirrored motion
+        prompt = T.prompt_image("flow", rgb, np.ascontiguousarray(pool.rgb2[i][sl]))
+        u, v = T.flow_targets(flow, flow_scale)
+        target = u if kind == "flow_u" else v
+    cond = np.concatenate([T.to_unit(np.ascontiguousarray(rgb)), prompt])  # (6, H, W)
+    return cond.astype(np.float32), target, LABELS[kind]
+
+
+def sample_batch(
+    pool: ScenePool, rng: np.random.Generator, batch: int, weights: dict[str, float], flow_scale: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A multi-task batch: cond (B, 6, H, W), target (B, 3, H, W), labels (B,), kinds."""
+    kinds = list(weights)
+    p = np.array([weights[k] for k in kinds], np.float64)
+    chosen = rng.choice(len(kinds), size=batch, p=p / p.sum())
+    idx = rng.integers(0, len(pool), size=batch)
+    flips = rng.random(batch) < 0.5
+    conds, targets, labels = [], [], []
+    for c, i, f in zip(chosen, idx, flips):
+        cond, target, label = example(pool, int(i), kinds[c], bool(f), flow_scale)
+        conds.append(cond), targets.append(target), labels.append(label)
+    return np.stack(conds), np.stack(targets), np.array(labels, np.int64), [kinds[c] for c in chosen]
