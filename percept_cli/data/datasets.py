@@ -1,0 +1,259 @@
+"""Readers for the real evaluation datasets (Hypersim, FlyingChairs, pix2gestalt) and synthetic samples.
+
+Every reader returns a list of samples holding numpy arrays: uint8 RGB images, float32 targets and
+bool validity masks, so that metrics and evaluation never see a dataset's on-disk conventions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from percept_cli.data.scenes import render_scene
+from percept_cli.errors import InputError, UsageError
+
+FLO_MAGIC = 202021.25  # Middlebury .flo tag: the bytes "PIEH" read as a little-endian float32
+_HYPERSIM_RGB = re.compile(r"^(.*)rgb_(cam_\d+_fr\d+)\.png$")
+_CHAIRS_IMG1 = re.compile(r"^(\d+)_img1\.ppm$")
+_P2G_OCCLUSION = re.compile(r"^(.+)_occlusion\.png$")
+
+
+@dataclass
+class DepthSample:
+    """One RGB image with metric depth; valid marks pixels with ground truth."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float32, metres
+    valid: np.ndarray  # (H, W) bool
+    name: str
+
+
+@dataclass
+class FlowSample:
+    """Two frames with forward flow frame 1 -> frame 2 in pixels (u right, v down)."""
+
+    rgb1: np.ndarray  # (H, W, 3) uint8
+    rgb2: np.ndarray  # (H, W, 3) uint8
+    flow: np.ndarray  # (H, W, 2) float32
+    valid: np.ndarray  # (H, W) bool
+    name: str
+
+
+@dataclass
+class AmodalSample:
+    """An image with an occluded object: its visible part, its whole silhouette and (optionally) appearance."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    visible_mask: np.ndarray  # (H, W) bool
+    whole_mask: np.ndarray  # (H, W) bool
+    whole_rgb: np.ndarray | None  # (H, W, 3) uint8
+    name: str
+
+
+# ---------------------------------------------------------------- file readers
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB, whatever its channels or bit depth."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(f"{path}: cannot read this image (missing, corrupt or unsupported): check the file")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise InputError(f"{path}: unsupported image dtype {img.dtype}: save it as 8- or 16-bit")
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)  # (H, W, 3)
+    code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(img, code)  # (H, W, 3)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """An 8-bit mask image as (H, W) bool, inside where the value is above 127."""
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise InputError(f"{path}: cannot read this mask (missing or corrupt): check the file")
+    return img > 127  # (H, W)
+
+
+def read_flo(path: str | Path) -> np.ndarray:
+    """A Middlebury .flo file as (H, W, 2) float32 flow in pixels."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the flow file ({e.strerror}): check the path") from e
+    if len(data) < 12:
+        raise InputError(f"{path}: too short for a .flo header (12 bytes): the file is truncated")
+    magic = np.frombuffer(data, "<f4", 1, 0)[0]
+    if magic != np.float32(FLO_MAGIC):
+        raise InputError(f"{path}: not a Middlebury .flo file (tag {magic!r}, expected {FLO_MAGIC}): check the file")
+    w, h = (int(v) for v in np.frombuffer(data, "<i4", 2, 4))
+    if not (0 < w < 1 << 16 and 0 < h < 1 << 16):
+        raise InputError(f"{path}: impossible .flo size {w}x{h}: the header is corrupt")
+    need = 12 + 8 * w * h
+    if len(data) != need:
+        raise InputError(f"{path}: {len(data)} bytes, but a {w}x{h} .flo holds {need}: "
+                         "the file is truncated or corrupt")
+    return np.frombuffer(data, "<f4", 2 * w * h, 12).reshape(h, w, 2).astype(np.float32)  # (H, W, 2)
+
+
+def _same_size(path: Path, a: np.ndarray, b: np.ndarray) -> None:
+    """Refuse ground truth whose size differs from its image."""
+    if a.shape[:2] != b.shape[:2]:
+        raise InputError(f"{path}: size {b.shape[1]}x{b.shape[0]} differs from its image's "
+                         f"{a.shape[1]}x{a.shape[0]}: the pair does not belong together")
+
+
+def _is_dir(root: Path, what: str) -> Path:
+    """root as a Path, or an InputError when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder: pass the root folder of the {what} data")
+    return root
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _hypersim_pairs(root: Path, split_file: Path | None) -> list[tuple[Path, Path]]:
+    """(rgb, depth) paths from a Marigold filename list, or found by name under root."""
+    if split_file is not None:
+        split_file = Path(split_file)
+        try:
+            lines = split_file.read_text().splitlines()
+        except OSError as e:
+            raise InputError(f"{split_file}: cannot read the split file ({e.strerror}): check the path") from e
+        pairs = []
+        for i, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise InputError(f"{split_file}:{i}: expected 'RGB_PATH DEPTH_PATH', got {line!r}: fix the line")
+            pairs.append((root / parts[0], root / parts[1]))
+        return pairs
+    pairs = []
+    for rgb in sorted(root.rglob("*rgb_cam_*_fr*.png")):
+        m = _HYPERSIM_RGB.match(rgb.name)
+        if m is None:
+            continue
+        depth = rgb.with_name(f"{m.group(1)}depth_plane_{m.group(2)}.png")
+        if not depth.is_file():
+            raise InputError(f"{rgb}: no depth beside it (expected {depth.name}): add it or remove the image")
+        pairs.append((rgb, depth))
+    return pairs
+
+
+def read_hypersim(root: Path, split_file: Path | None = None) -> list[DepthSample]:
+    """Hypersim in Marigold's layout: *rgb_cam_XX_frNNNN.png beside *depth_plane_cam_XX_frNNNN.png (uint16 mm)."""
+    root = _is_dir(root, "Hypersim")
+    pairs = _hypersim_pairs(root, split_file)
+    if not pairs:
+        raise InputError(f"{root}: no Hypersim *rgb_cam_XX_frNNNN.png files under it: pass the dataset's root folder")
+    samples = []
+    for rgb_path, depth_path in pairs:
+        rgb = _read_rgb(rgb_path)
+        raw = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
+        if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+            raise InputError(f"{depth_path}: not a single-channel 16-bit depth PNG: use Marigold's preprocessed files")
+        _same_size(depth_path, rgb, raw)
+        depth = raw.astype(np.float32) / 1000.0  # (H, W) millimetres -> metres
+        samples.append(DepthSample(rgb, depth, raw > 0, rgb_path.relative_to(root).with_suffix("").as_posix()))
+    return samples
+
+
+def read_flyingchairs(root: Path, split: str | None = None, split_file: Path | None = None) -> list[FlowSample]:
+    """FlyingChairs NNNNN_img1.ppm, _img2.ppm, _flow.flo; split 'train'/'val' per FlyingChairs_train_val.txt."""
+    root = _is_dir(root, "FlyingChairs")
+    if split is not None and split not in ("train", "val"):
+        raise UsageError(f"split={split!r} is not a FlyingChairs split: use 'train' or 'val'")
+    found = sorted((int(m.group(1)), p) for p in root.rglob("*_img1.ppm") if (m := _CHAIRS_IMG1.match(p.name)))
+    if not found:
+        raise InputError(f"{root}: no FlyingChairs NNNNN_img1.ppm files under it: pass the dataset's root folder")
+    if split is not None:
+        if split_file is None:
+            cands = [root / "FlyingChairs_train_val.txt", root.parent / "FlyingChairs_train_val.txt"]
+            split_file = next((c for c in cands if c.is_file()), None)
+            if split_file is None:
+                raise InputError(f"{root}: no FlyingChairs_train_val.txt beside the data: pass split_file")
+        try:
+            tags = [int(t) for t in Path(split_file).read_text().split()]
+        except (OSError, ValueError) as e:
+            raise InputError(f"{split_file}: not a list of 1/2 split tags: use FlyingChairs_train_val.txt") from e
+        want = 1 if split == "train" else 2
+        # Line i of the split file tags sample number i (numbering starts at 1).
+        found = [(n, p) for n, p in found if 1 <= n <= len(tags) and tags[n - 1] == want]
+    samples = []
+    for n, img1 in found:
+        stem = img1.name[: -len("_img1.ppm")]
+        img2, flo = img1.with_name(f"{stem}_img2.ppm"), img1.with_name(f"{stem}_flow.flo")
+        rgb1, rgb2, flow = _read_rgb(img1), _read_rgb(img2), read_flo(flo)
+        _same_size(img2, rgb1, rgb2)
+        _same_size(flo, rgb1, flow)
+        # FlyingChairs has flow everywhere; the check only guards against corrupt values.
+        valid = np.isfinite(flow).all(axis=2) & (np.abs(flow) < 1e9).all(axis=2)  # (H, W)
+        samples.append(FlowSample(rgb1, rgb2, flow, valid, img1.relative_to(root).parent.joinpath(stem).as_posix()))
+    return samples
+
+
+def read_pix2gestalt(root: Path) -> list[AmodalSample]:
+    """pix2gestalt: occlusion/N_occlusion.png with visible_object_mask/, whole_mask/ and (optional) whole/."""
+    root = _is_dir(root, "pix2gestalt")
+    occ_dir = root / "occlusion"
+    found = sorted((m.group(1), p) for p in occ_dir.glob("*_occlusion.png") if (m := _P2G_OCCLUSION.match(p.name)))
+    if not found:
+        raise InputError(f"{root}: no occlusion/N_occlusion.png files: pass the pix2gestalt root folder")
+    samples = []
+    for n, occ in found:
+        rgb = _read_rgb(occ)
+        vis_path = root / "visible_object_mask" / f"{n}_visible_mask.png"
+        whole_path = root / "whole_mask" / f"{n}_whole_mask.png"
+        for p in (vis_path, whole_path):
+            if not p.is_file():
+                raise InputError(f"{p}: missing mask for {occ.name}: add it or remove the image")
+        visible, whole = _read_mask(vis_path), _read_mask(whole_path)
+        _same_size(vis_path, rgb, visible)
+        _same_size(whole_path, rgb, whole)
+        whole_rgb_path = root / "whole" / f"{n}_whole.png"
+        whole_rgb = None
+        if whole_rgb_path.is_file():
+            whole_rgb = _read_rgb(whole_rgb_path)
+            _same_size(whole_rgb_path, rgb, whole_rgb)
+        samples.append(AmodalSample(rgb, visible, whole, whole_rgb, n))
+    return samples
+
+
+def detect_dataset(root: Path) -> str:
+    """Which dataset a folder holds: 'hypersim', 'flyingchairs' or 'pix2gestalt'."""
+    root = _is_dir(root, "dataset")
+    if (root / "occlusion").is_dir() and (root / "whole_mask").is_dir():
+        return "pix2gestalt"
+    if next(root.rglob("*_img1.ppm"), None) is not None:
+        return "flyingchairs"
+    if next(root.rglob("*rgb_cam_*_fr*.png"), None) is not None:
+        return "hypersim"
+    raise InputError(f"{root}: not a Hypersim, FlyingChairs or pix2gestalt folder: pass one of those datasets' roots")
+
+
+def synthetic_samples(
+    task: str, seeds: range, size: int | tuple[int, int]
+) -> list[DepthSample] | list[FlowSample] | list[AmodalSample]:
+    """Rendered scenes as samples of one task ('depth', 'flow' or 'amodal'), ground truth valid everywhere."""
+    if task not in ("depth", "flow", "amodal"):
+        raise UsageError(f"task={task!r} is not a task: use 'depth', 'flow' or 'amodal'")
+    out = []
+    for seed in seeds:
+        s = render_scene(seed, size)
+        name = f"synthetic_{seed:06d}"
+        if task == "depth":
+            out.append(DepthSample(s.rgb, s.depth, np.ones(s.depth.shape, bool), name))
+        elif task == "flow":
+            out.append(FlowSample(s.rgb, s.rgb2, s.flow, np.ones(s.depth.shape, bool), name))
+        else:
+            out.append(AmodalSample(s.rgb, s.visible_mask, s.whole_mask, s.whole_rgb, name))
+    return out

@@ -1,0 +1,571 @@
+"""Procedural 3-D scenes with exact depth, forward flow and amodal ground truth (pure numpy).
+
+A scene is a ground plane and a back wall with 3-7 textured primitives (spheres, yaw-rotated
+boxes, vertical cylinders) standing on the ground, seen by a pinhole camera. Every pixel is
+ray-cast analytically (nearest hit wins), shaded by a directional light plus ambient with cast
+shadows, and hazed with distance. Frame 2 moves the camera and each object rigidly (translation
+plus yaw); flow comes from moving each frame-1 hit point with its surface and re-projecting it.
+
+World frame: x right, y up, z forward (away from the camera). Camera frame: x right, y down,
+z forward; pixel centres sit at integer coordinates (x = column, y = row), as in cv2.remap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from percept_cli.errors import UsageError
+
+# Surface kinds; the ground and the wall follow the objects in every hit stack.
+SPHERE, BOX, CYLINDER = 0, 1, 2
+_EPS = 1e-6
+_CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)  # (8, 3) cube corners
+
+
+@dataclass
+class Scene:
+    """Two frames of one procedural scene and their exact ground truth."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, frame 1 (also the amodal input image)
+    rgb2: np.ndarray  # (H, W, 3) uint8, frame 2 after camera + per-object rigid motion
+    depth: np.ndarray  # (H, W) float32, z-depth in metres of frame 1, every pixel valid
+    flow: np.ndarray  # (H, W, 2) float32, forward flow frame1->frame2 in pixels (u right, v down)
+    visible_mask: np.ndarray  # (H, W) bool, visible part of the target object in frame 1
+    whole_mask: np.ndarray  # (H, W) bool, the target's full silhouette
+    whole_rgb: np.ndarray  # (H, W, 3) uint8, the target alone as shaded in frame 1, on white
+    seed: int
+
+
+@dataclass
+class _Texture:
+    """A procedural albedo pattern in a surface's own coordinates."""
+
+    kind: str  # "checker" | "stripes" | "noise"
+    c1: np.ndarray  # (3,) albedo where the pattern is 0
+    c2: np.ndarray  # (3,) albedo where the pattern is 1
+    freq: np.ndarray  # (J,) angular frequencies in rad/m
+    dirs: np.ndarray  # (J, 3) unit directions (stripes/noise) in the surface's own frame
+    phase: np.ndarray  # (J,) or (3,) phases
+    axes: tuple[int, ...] = (0, 1, 2)  # checker axes; planes use their two in-plane axes
+
+
+@dataclass
+class _Object:
+    """A primitive standing on the ground, its pose in frame 1 and its rigid motion to frame 2."""
+
+    kind: int
+    half: np.ndarray  # (3,) half extents; sphere: (r, r, r); cylinder: (r, h, r)
+    centre: np.ndarray  # (3,) world centre (resting on y = 0)
+    yaw: float
+    tex: _Texture
+    d_centre: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) motion to frame 2
+    d_yaw: float = 0.0
+
+    @property
+    def radius_xz(self) -> float:
+        """Footprint radius on the ground, for placing objects without interpenetration."""
+        if self.kind == BOX:
+            return float(np.hypot(self.half[0], self.half[2]))
+        return float(self.half[0])
+
+    def moved(self) -> _Object:
+        """The object's frame-2 pose."""
+        return _Object(self.kind, self.half, self.centre + self.d_centre, self.yaw + self.d_yaw, self.tex)
+
+
+@dataclass
+class _Camera:
+    """A pinhole camera with square pixels."""
+
+    pos: np.ndarray  # (3,) world position
+    rot: np.ndarray  # (3, 3) columns: camera right, down, forward in world coordinates
+    f: float  # focal length in pixels (square pixels)
+    cx: float
+    cy: float
+
+
+@dataclass
+class _World:
+    """The static background, the light and the haze."""
+
+    ground: _Texture
+    wall: _Texture
+    wall_z: float
+    light: np.ndarray  # (3,) unit vector towards the light
+    light_rgb: np.ndarray  # (3,)
+    ambient: float
+    haze_rgb: np.ndarray  # (3,)
+    haze: float  # extinction per metre
+
+
+def _rot_y(a: float) -> np.ndarray:
+    """Rotation about the world's vertical axis, local -> world."""
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _camera_rot(yaw: float, pitch: float) -> np.ndarray:
+    """Camera axes (right, down, forward) as world columns; positive pitch looks down."""
+    fwd = np.array([np.sin(yaw) * np.cos(pitch), -np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
+    right = np.array([np.cos(yaw), 0.0, -np.sin(yaw)])
+    down = np.cross(right, fwd)
+    return np.stack([right, down, fwd], axis=1)
+
+
+def _ray_dirs(cam: _Camera, h: int, w: int) -> np.ndarray:
+    """World ray directions scaled so their camera-z is 1, hence hit distance t = z-depth."""
+    xn = (np.arange(w) - cam.cx) / cam.f  # (W,)
+    yn = (np.arange(h) - cam.cy) / cam.f  # (H,)
+    r = cam.rot
+    right, down, fwd = (r[:, i, None, None] for i in range(3))  # (3, 1, 1) each
+    return right * xn[None, None, :] + down * yn[None, :, None] + fwd  # (3, H, W)
+
+
+def _col(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A (3,) vector shaped to broadcast against a (3, ...) array."""
+    return v.reshape((3,) + (1,) * (like.ndim - 1))
+
+
+# ---------------------------------------------------------------- intersections
+
+
+def _hit_object(obj: _Object, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Ray parameter of the first hit with t > 0, inf on a miss; o and d are (3,) or (3, M), one of them (3, M)."""
+    rt = _rot_y(obj.yaw).T  # world -> local
+    ol = rt @ (o - _col(obj.centre, o))  # (3,) or (3, M), origin in the object's frame
+    dl = rt @ d  # (3,) or (3, M)
+    ox, oy, oz = ol
+    dx, dy, dz = dl
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if obj.kind == SPHERE:
+            a = dx * dx + dy * dy + dz * dz
+            b = ox * dx + oy * dy + oz * dz
+            c = ox * ox + oy * oy + oz * oz - obj.half[0] ** 2
+            disc = b * b - a * c
+            t = (-b - np.sqrt(disc)) / a
+            ok = (disc > 0) & (t > _EPS)
+        elif obj.kind == BOX:
+            # Slab test; a zero direction component gives +-inf (or nan, a miss) as it should.
+            tmin, tmax = -np.inf, np.inf
+            for oi, di, ei in zip(ol, dl, obj.half):
+                inv = 1.0 / di
+                t1, t2 = (-ei - oi) * inv, (ei - oi) * inv
+                tmin = np.maximum(tmin, np.minimum(t1, t2))
+                tmax = np.minimum(tmax, np.maximum(t1, t2))
+            t = tmin
+            ok = (tmax >= tmin) & (tmin > _EPS)
+        else:
+            rad, hh = obj.half[0], obj.half[1]
+            a = dx * dx + dz * dz
+            b = ox * dx + oz * dz
+            c = ox * ox + oz * oz - rad * rad
+            disc = b * b - a * c
+            ts = (-b - np.sqrt(disc)) / a
+            side_ok = (disc > 0) & (ts > _EPS) & (np.abs(oy + ts * dy) <= hh)
+            # Only the cap facing the ray can be the first hit of a ray from outside.
+            tc = (np.where(dy < 0, hh, -hh) - oy) / dy
+            cx, cz = ox + tc * dx, oz + tc * dz
+            cap_ok = (tc > _EPS) & (cx * cx + cz * cz <= rad * rad)
+            t = np.minimum(np.where(side_ok, ts, np.inf), np.where(cap_ok, tc, np.inf))
+            ok = np.isfinite(t)
+    return np.where(ok, t, np.inf)  # (M,)
+
+
+def _hit_planes(o: np.ndarray, d: np.ndarray, wall_z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ray parameters of the ground (y = 0) and the back wall (z = wall_z), inf on a miss."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tg = -o[1] / d[1]  # (...)
+        tw = (wall_z - o[2]) / d[2]  # (...)
+    tg = np.where((d[1] < 0) & (tg > _EPS), tg, np.inf)
+    tw = np.where((d[2] > 0) & (tw > _EPS), tw, np.inf)
+    return tg, tw
+
+
+def _bound_radius(obj: _Object) -> float:
+    """Radius of a sphere about the centre that holds the whole object."""
+    if obj.kind == SPHERE:
+        return float(obj.half[0])
+    if obj.kind == BOX:
+        return float(np.linalg.norm(obj.half))
+    return float(np.hypot(obj.half[0], obj.half[1]))
+
+
+def _screen_rect(obj: _Object, cam: _Camera, h: int, w: int) -> tuple[slice, slice] | None:
+    """Pixel rows/columns that can see the object (from its bounding cube), None when off-screen."""
+    r = _bound_radius(obj)
+    corners = obj.centre + r * _CUBE  # (8, 3)
+    xc = (corners - cam.pos) @ cam.rot  # (8, 3)
+    if (xc[:, 2] < 0.05).any():
+        return slice(0, h), slice(0, w)
+    x = cam.f * xc[:, 0] / xc[:, 2] + cam.cx
+    y = cam.f * xc[:, 1] / xc[:, 2] + cam.cy
+    x0, x1 = max(int(np.floor(x.min())) - 1, 0), min(int(np.ceil(x.max())) + 2, w)
+    y0, y1 = max(int(np.floor(y.min())) - 1, 0), min(int(np.ceil(y.max())) + 2, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _hit_image(obj: _Object, cam: _Camera, d: np.ndarray) -> np.ndarray:
+    """Hit distances of one object for every pixel (H, W), tracing only its screen rectangle."""
+    t = np.full(d.shape[1:], np.inf)
+    rect = _screen_rect(obj, cam, *d.shape[1:])
+    if rect is not None:
+        sub = d[:, rect[0], rect[1]]  # (3, h', w')
+        t[rect] = _hit_object(obj, cam.pos, sub.reshape(3, -1)).reshape(sub.shape[1:])
+    return t
+
+
+def _cast(cam: _Camera, d: np.ndarray, objs: list[_Object], wall_z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit distance (H, W) and surface id (H, W): objects 0..K-1, ground K, wall K+1."""
+    tg, tw = _hit_planes(cam.pos, d, wall_z)
+    k = len(objs)
+    t = np.minimum(tg, tw)
+    ids = np.where(tg < tw, k, k + 1).astype(np.int8)  # (H, W); at most 9 surfaces
+    for i, obj in enumerate(objs):
+        rect = _screen_rect(obj, cam, *t.shape)
+        if rect is None:
+            continue
+        sub = d[:, rect[0], rect[1]]  # (3, h', w')
+        ti = _hit_object(obj, cam.pos, sub.reshape(3, -1)).reshape(sub.shape[1:])
+        closer = ti < t[rect]
+        np.copyto(t[rect], ti, where=closer)
+        np.copyto(ids[rect], i, where=closer)
+    return t, ids
+
+
+# ---------------------------------------------------------------- textures and shading
+
+
+def _pattern(tex: _Texture, p: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Pattern value in [0, 1] at surface points p (3, M), band-limited by the pixel footprint in metres."""
+    # float32 throughout: numpy's float32 sin is SIMD and many times faster than float64.
+    p = p.astype(np.float32)
+    # A blur a little wider than one pixel's box (std 0.29 px), so that bilinear resampling stays faithful.
+    sigma2 = (0.5 * footprint.astype(np.float32)) ** 2  # (M,)
+    freq, dirs, phase = (x.astype(np.float32) for x in (tex.freq, tex.dirs, tex.phase))
+    # A sinusoid of angular frequency f blurred by the pixel keeps exp(-f^2 sigma^2 / 2) of its contrast.
+    if tex.kind == "checker":
+        f = float(freq[0])
+        s = np.exp(-0.5 * f * f * sigma2)
+        for ax in tex.axes:
+            s *= np.sin(f * p[ax] + phase[ax])
+        return np.clip(0.5 + 1.6 * s, 0.0, 1.0)
+    if tex.kind == "stripes":
+        f = float(freq[0])
+        s = np.sin(f * (dirs[0] @ p) + phase[0]) * np.exp(-0.5 * f * f * sigma2)
+        return np.clip(0.5 + 1.2 * s, 0.0, 1.0)
+    # Smooth noise: a few random sinusoids of decreasing weight, each band-limited on its own.
+    arg = (dirs @ p) * freq[:, None] + phase[:, None]  # (J, M)
+    w = (1.0 / np.arange(1, len(freq) + 1)).astype(np.float32)
+    amp = np.exp(-0.5 * (freq * freq)[:, None] * sigma2) * (w / w.sum())[:, None]  # (J, M)
+    return np.clip(0.5 + 1.4 * (np.sin(arg) * amp).sum(axis=0), 0.0, 1.0)
+
+
+def _surface(k: int, objs: list[_Object], world: _World, pw: np.ndarray) -> tuple[np.ndarray, np.ndarray, _Texture]:
+    """Texture coordinates (3, M), world normals (3, M) and texture of surface k at world points pw (3, M)."""
+    m = pw.shape[1]
+    if k == len(objs):  # ground: texture in world x-z, normal up
+        return pw, np.broadcast_to(np.array([[0.0], [1.0], [0.0]]), (3, m)), world.ground
+    if k == len(objs) + 1:  # back wall: texture in world x-y, normal towards the camera
+        return pw, np.broadcast_to(np.array([[0.0], [0.0], [-1.0]]), (3, m)), world.wall
+    obj = objs[k]
+    r = _rot_y(obj.yaw)
+    pl = r.T @ (pw - obj.centre[:, None])  # (3, M) object-local, so the texture moves with the object
+    if obj.kind == SPHERE:
+        nl = pl / obj.half[0]
+    elif obj.kind == BOX:
+        q = np.abs(pl) / obj.half[:, None]  # (3, M)
+        ax = q.argmax(axis=0)
+        nl = np.zeros_like(pl)
+        nl[ax, np.arange(m)] = np.sign(pl[ax, np.arange(m)])
+    else:
+        radial = np.maximum(np.hypot(pl[0], pl[2]), 1e-9)
+        cap = np.abs(pl[1]) / obj.half[1] > radial / obj.half[0]
+        up = np.array([[0.0], [1.0], [0.0]])  # (3, 1)
+        nl = np.where(cap, up * np.sign(pl[1]), (pl - up * pl[1]) / radial)  # (3, M)
+    return pl, r @ nl, obj.tex
+
+
+def _in_shadow(pw: np.ndarray, ids: np.ndarray, objs: list[_Object], light: np.ndarray) -> np.ndarray:
+    """Whether the ray from each point pw (3, M) towards the light is blocked by an object (M,)."""
+    # Coordinates across (a, b) and along (s) the light, to cull each object by its bounding sphere.
+    e1 = np.cross(light, [0.0, 1.0, 0.0] if abs(light[1]) < 0.9 else [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    basis = np.stack([e1, np.cross(light, e1), light])  # (3, 3)
+    a, b, s = basis @ pw  # (M,) each
+    blocked = np.zeros(pw.shape[1], bool)
+    for k, obj in enumerate(objs):
+        ca, cb, cs = basis @ obj.centre
+        r = _bound_radius(obj)
+        # Convex objects cannot shadow their own lit side, so rays that start on them are skipped.
+        cand = np.flatnonzero((np.abs(a - ca) < r) & (np.abs(b - cb) < r) & (s < cs + r) & (ids != k) & ~blocked)
+        if len(cand):
+            blocked[cand] = np.isfinite(_hit_object(obj, pw[:, cand], light))
+    return blocked
+
+
+def _shade(pw: np.ndarray, ids: np.ndarray, dist: np.ndarray, cam: _Camera, objs: list[_Object],
+           world: _World, shadows: bool) -> np.ndarray:
+    """Lambertian colour (M, 3) uint8 with shadows and haze at world points pw (3, M) on surfaces ids (M,)."""
+    m = pw.shape[1]
+    albedo = np.empty((3, m), np.float32)
+    lambert = np.empty(m, np.float32)
+    order = np.argsort(ids.astype(np.int8, copy=False), kind="stable")  # int8 sorts several times faster
+    bounds = np.searchsorted(ids[order], np.arange(len(objs) + 3))
+    for k in range(len(objs) + 2):
+        sel = order[bounds[k]:bounds[k + 1]]
+        if not len(sel):
+            continue
+        p_w = pw[:, sel]  # (3, M_k)
+        p, n, tex = _surface(k, objs, world, p_w)
+        cos = np.abs(((cam.pos[:, None] - p_w) * n).sum(axis=0)) / dist[sel]
+        # Metres covered by one pixel here, for anti-aliasing: the geometric mean of the footprint
+        # across (1) and along (1 / cos) the foreshortening, so rotating faces keep a steady contrast.
+        footprint = dist[sel] / (cam.f * np.sqrt(np.maximum(cos, 0.05)))
+        v = _pattern(tex, p, footprint)  # (M_k,)
+        albedo[:, sel] = tex.c1[:, None] + (tex.c2 - tex.c1)[:, None] * v
+        lambert[sel] = world.light @ n
+    np.maximum(lambert, 0.0, out=lambert)
+    if shadows:
+        lit = np.flatnonzero(lambert > 0)
+        # Start shadow rays a hair towards the light: off the surface, since the surface faces it.
+        lambert[lit[_in_shadow(pw[:, lit] + 1e-4 * world.light[:, None], ids[lit], objs, world.light)]] = 0.0
+    keep = np.exp(-world.haze * dist.astype(np.float32))  # (M,) fraction of light surviving the haze
+    gain = (world.ambient + (1 - world.ambient) * lambert) * keep * 255.0  # (M,)
+    col = albedo * gain * world.light_rgb[:, None].astype(np.float32)
+    col += (world.haze_rgb * 255.0)[:, None].astype(np.float32) * (1 - keep)
+    col += 0.5  # round, not truncate, in the cast below
+    out = np.empty((m, 3), np.uint8)
+    np.clip(col.T, 0, 255, out=out, casting="unsafe")
+    return out  # (M, 3)
+
+
+def _render(cam: _Camera, objs: list[_Object], world: _World, h: int, w: int,
+            shadows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Colour (N, 3), z-depth (N,), surface ids (N,), world hits (3, N) and ray dirs (3, N)."""
+    d = _ray_dirs(cam, h, w)  # (3, H, W)
+    t, ids = _cast(cam, d, objs, world.wall_z)  # (H, W) each
+    assert np.isfinite(t).all(), "every ray must hit the ground or the wall"
+    d, t, ids = d.reshape(3, -1), t.ravel(), ids.ravel()
+    pw = cam.pos[:, None] + t * d  # (3, N)
+    rgb = _shade(pw, ids, t * np.sqrt((d * d).sum(axis=0)), cam, objs, world, shadows)
+    return rgb, t, ids, pw, d
+
+
+# ---------------------------------------------------------------- random scene content
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A random albedo, saturated or greyish."""
+    base = rng.uniform(0.08, 0.95, 3)
+    return base if rng.random() < 0.7 else np.full(3, base.mean()) * 0.5 + base * 0.5
+
+
+def _texture(rng: np.random.Generator, period: tuple[float, float],
+             plane_axes: tuple[int, int] | None = None) -> _Texture:
+    """A random texture whose main period (metres) lies in the given range."""
+    kind = str(rng.choice(["checker", "stripes", "noise"], p=[0.35, 0.3, 0.35]))
+    c1 = _colour(rng)
+    c2 = _colour(rng) if rng.random() < 0.6 else np.clip(c1 * rng.uniform(0.3, 0.7), 0, 1)
+    f0 = 2 * np.pi / rng.uniform(*period)
+    axes = plane_axes if plane_axes is not None else (0, 1, 2)
+    # Directions lie in the surface's plane for the ground and the wall.
+    dirs = rng.normal(size=(4, 3))
+    if plane_axes is not None:
+        dirs[:, [a for a in range(3) if a not in plane_axes]] = 0.0
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    if kind == "checker":
+        freq, phase = np.array([f0]), rng.uniform(0, 2 * np.pi, 3)
+    elif kind == "stripes":
+        freq, phase = np.array([f0]), rng.uniform(0, 2 * np.pi, 1)
+    else:
+        freq, phase = f0 * np.array([0.5, 1.0, 1.9, 3.7]) * rng.uniform(0.8, 1.25, 4), rng.uniform(0, 2 * np.pi, 4)
+    return _Texture(kind, c1, c2, freq, dirs, phase, axes)
+
+
+def _new_object(rng: np.random.Generator, scale: float) -> _Object:
+    """A random primitive of roughly the given size (metres), not yet placed."""
+    kind = int(rng.choice([SPHERE, BOX, CYLINDER], p=[0.35, 0.4, 0.25]))
+    if kind == SPHERE:
+        half = np.full(3, scale)
+    elif kind == BOX:
+        half = scale * rng.uniform(0.6, 1.3, 3)
+    else:
+        r = scale * rng.uniform(0.5, 0.9)
+        half = np.array([r, scale * rng.uniform(0.8, 1.8), r])
+    return _Object(kind, half, np.zeros(3), float(rng.uniform(-np.pi, np.pi)), _texture(rng, (0.25, 0.8)))
+
+
+def _place(obj: _Object, cam_pos: np.ndarray, heading: float, dist: float) -> None:
+    """Stand obj on the ground at a distance and heading (radians from +z) from the camera."""
+    obj.centre = np.array([cam_pos[0] + dist * np.sin(heading), obj.half[1], cam_pos[2] + dist * np.cos(heading)])
+
+
+def _clear(obj: _Object, others: list[_Object], wall_z: float, margin: float) -> bool:
+    """Whether obj's footprint stays off the others' and in front of the wall."""
+    if obj.centre[2] + obj.radius_xz > wall_z - margin:
+        return False
+    return all(np.hypot(*(obj.centre - o.centre)[[0, 2]]) > obj.radius_xz + o.radius_xz + margin for o in others)
+
+
+def _layout(rng: np.random.Generator, cam: _Camera, yaw: float, half_fov: float, wall_z: float,
+            n_obj: int, margin: float) -> list[_Object]:
+    """Target first (objects[0]), an occluder between it and the camera, then distractors."""
+    target = _new_object(rng, rng.uniform(0.45, 1.0))
+    _place(target, cam.pos, yaw + rng.uniform(-0.4, 0.4) * half_fov, rng.uniform(3.0, min(6.0, wall_z - 2.5)))
+    objs = [target]
+    dist_t = np.hypot(*(target.centre - cam.pos)[[0, 2]])
+    head_t = np.arctan2(target.centre[0] - cam.pos[0], target.centre[2] - cam.pos[2])
+    for _ in range(20):
+        occ = _new_object(rng, target.half[1] * rng.uniform(0.8, 1.4))
+        dist_o = dist_t * rng.uniform(0.45, 0.75)
+        # Offset the occluder sideways so that it covers part of the target's angular width.
+        spread = target.radius_xz / dist_t + occ.radius_xz / dist_o
+        _place(occ, cam.pos, head_t + rng.choice([-1, 1]) * rng.uniform(0.3, 0.95) * spread, dist_o)
+        if _clear(occ, objs, wall_z, margin):
+            objs.append(occ)
+            break
+    for _ in range(40 * n_obj):
+        if len(objs) >= n_obj:
+            break
+        obj = _new_object(rng, rng.uniform(0.25, 0.8))
+        _place(obj, cam.pos, yaw + rng.uniform(-1.0, 1.0) * half_fov, rng.uniform(2.5, wall_z - 1.0))
+        if _clear(obj, objs, wall_z, margin):
+            objs.append(obj)
+    return objs
+
+
+def _sizes(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(H, W) from an int or a pair, validated."""
+    hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(hw) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 8 for v in hw):
+        raise UsageError(f"size={size!r} is not a positive image size: pass an int >= 8 or (height, width)")
+    return int(hw[0]), int(hw[1])
+
+
+# ---------------------------------------------------------------- the scene
+
+
+def render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True) -> Scene:
+    """Render the scene of one seed, with exact depth, flow and amodal targets."""
+    return _render_scene(seed, size, shadows)[0]
+
+
+def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True) -> tuple[Scene, dict]:
+    """render_scene plus internals for tests: surface ids and depth of both frames, cameras, objects."""
+    h, w = _sizes(size)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed={seed!r} is not a scene seed: pass an int >= 0")
+    rng = np.random.default_rng(seed)
+
+    # 1. Camera: focal from a random horizontal field of view, slight yaw and downward pitch.
+    half_fov = np.deg2rad(rng.uniform(25, 35))
+    # Tall images keep their vertical half-view under 60 degrees, so every ray still meets the wall.
+    f = max((w / 2) / np.tan(half_fov), (h / 2) / np.tan(np.deg2rad(60)))
+    yaw, pitch = np.deg2rad(rng.uniform(-8, 8)), np.deg2rad(rng.uniform(3, 15))
+    cam = _Camera(np.array([0.0, rng.uniform(1.2, 2.2), 0.0]), _camera_rot(yaw, pitch), f, (w - 1) / 2, (h - 1) / 2)
+    half_fov_x = float(np.arctan((w / 2) / f))
+
+    # 2. Lighting, haze and the static background.
+    elev, azim = np.deg2rad(rng.uniform(30, 70)), np.deg2rad(rng.uniform(-70, 70))
+    light = np.array([np.sin(azim) * np.cos(elev), np.sin(elev), -np.cos(azim) * np.cos(elev)])
+    wall_z = rng.uniform(9.0, 14.0)
+    world = _World(
+        ground=_texture(rng, (0.6, 2.5), plane_axes=(0, 2)),
+        wall=_texture(rng, (0.5, 2.5), plane_axes=(0, 1)),
+        wall_z=wall_z,
+        light=light,
+        light_rgb=1.0 + rng.uniform(-0.12, 0.12, 3),
+        ambient=rng.uniform(0.2, 0.5),
+        haze_rgb=rng.uniform(0.6, 0.95) + rng.uniform(-0.05, 0.05, 3),
+        haze=rng.uniform(0.0, 0.06),
+    )
+
+    # 3. Motion budget: objects move up to `move` metres, far enough apart not to collide.
+    level = rng.uniform(0.25, 1.0)
+    move = 0.3 * level
+    n_obj = int(rng.integers(3, 8))
+
+    # 4. Place the target, an occluder and distractors until the target is partly hidden
+    #    (visible fraction 0.25-0.85) and its silhouette stays off the image border.
+    d = _ray_dirs(cam, h, w)  # (3, H, W)
+    d_flat = d.reshape(3, -1)  # (3, N)
+    border = np.zeros((h, w), bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    best, best_err = None, np.inf
+    for _ in range(200):
+        objs = _layout(rng, cam, yaw, half_fov_x, wall_z, n_obj, margin=2 * move + 0.05)
+        t_target = _hit_image(objs[0], cam, d)  # (H, W)
+        whole = np.isfinite(t_target)
+        idx = np.flatnonzero(whole)
+        area = len(idx) / (h * w)
+        nearer = np.zeros(len(idx), bool)
+        for o in objs[1:]:
+            nearer |= _hit_object(o, cam.pos, d_flat[:, idx]) < t_target.ravel()[idx]
+        frac = 1.0 - nearer.mean() if len(idx) else 0.0
+        edge = (whole & border).sum() / border.sum()
+        err = max(0.25 - frac, frac - 0.85, 0.0) + max(edge - 0.01, 0.0) + max(0.025 - area, 0.0) * 10
+        if err < best_err:
+            best, best_err = objs, err
+        if err == 0.0:
+            break
+    objs = best
+
+    # 5. Per-object rigid motion (some objects stay still) and camera motion.
+    for o in objs:
+        if rng.random() < 0.8:
+            ang = rng.uniform(0, 2 * np.pi)
+            o.d_centre = rng.uniform(0.2, 1.0) * move * np.array([np.cos(ang), 0.0, np.sin(ang)])
+            o.d_yaw = float(rng.uniform(-1, 1) * np.deg2rad(6) * level)
+    cam2 = _Camera(
+        cam.pos + level * np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.08, 0.08), rng.uniform(-0.25, 0.25)]),
+        _camera_rot(yaw + level * np.deg2rad(rng.uniform(-1.5, 1.5)), pitch + level * np.deg2rad(rng.uniform(-1, 1))),
+        cam.f, cam.cx, cam.cy,
+    )
+    objs2 = [o.moved() for o in objs]
+
+    # 6. Render both frames.
+    rgb1, t1, ids1, pw1, d1 = _render(cam, objs, world, h, w, shadows)
+    rgb2, t2, ids2, _, _ = _render(cam2, objs2, world, h, w, shadows)
+
+    # 7. Exact flow: move each frame-1 hit with its surface, project into camera 2.
+    pw2 = pw1.copy()  # (3, N); ground and wall points stay put
+    for k, o in enumerate(objs):
+        sel = np.flatnonzero(ids1 == k)
+        local = _rot_y(o.yaw).T @ (pw1[:, sel] - o.centre[:, None])  # (3, M)
+        pw2[:, sel] = (o.centre + o.d_centre)[:, None] + _rot_y(o.yaw + o.d_yaw) @ local
+    xc = cam2.rot.T @ (pw2 - cam2.pos[:, None])  # (3, N) camera-2 coordinates
+    ys, xs = np.mgrid[0:h, 0:w]
+    u = cam2.f * xc[0] / xc[2] + cam2.cx - xs.ravel()  # (N,)
+    v = cam2.f * xc[1] / xc[2] + cam2.cy - ys.ravel()  # (N,)
+
+    # 8. Amodal targets: the target's own hits, shaded like frame 1 where frame 1 hides them.
+    t_target = _hit_image(objs[0], cam, d).ravel()  # (N,)
+    whole = np.isfinite(t_target)
+    visible = ids1 == 0
+    whole_rgb = np.full((h * w, 3), 255, np.uint8)
+    whole_rgb[visible] = rgb1[visible]
+    hid = np.flatnonzero(whole & ~visible)
+    if len(hid):
+        dh = d1[:, hid]  # (3, M)
+        dist = t_target[hid] * np.sqrt((dh * dh).sum(axis=0))
+        pts = cam.pos[:, None] + t_target[hid] * dh  # (3, M)
+        whole_rgb[hid] = _shade(pts, np.zeros(len(hid), int), dist, cam, objs, world, shadows)
+
+    scene = Scene(
+        rgb=rgb1.reshape(h, w, 3),
+        rgb2=rgb2.reshape(h, w, 3),
+        depth=t1.reshape(h, w).astype(np.float32),
+        flow=np.stack([u, v], axis=-1).reshape(h, w, 2).astype(np.float32),
+        visible_mask=visible.reshape(h, w),
+        whole_mask=whole.reshape(h, w),
+        whole_rgb=whole_rgb.reshape(h, w, 3),
+        seed=int(seed),
+    )
+    aux = {"ids1": ids1.reshape(h, w), "ids2": ids2.reshape(h, w), "depth2": t2.reshape(h, w),
+           "proj_z2": xc[2].reshape(h, w), "n_objects": len(objs), "cam": cam, "cam2": cam2, "objs": objs,
+           "objs2": objs2, "world": world}
+    return scene, aux

@@ -1,0 +1,131 @@
+import cv2
+import numpy as np
+import pytest
+
+from percept_cli.data.scenes import Scene, _hit_object, _render_scene, _rot_y, render_scene
+from percept_cli.errors import UsageError
+
+
+def _warp_error(scene: Scene, aux: dict, flow: np.ndarray) -> float:
+    """Mean |rgb - rgb2 sampled at (x + u, y + v)| over pixels that land on the same surface, unoccluded."""
+    h, w = scene.depth.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xs + scene.flow[..., 0], ys + scene.flow[..., 1]  # (H, W) landing points of the exact flow
+    ok = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
+    x0 = np.clip(np.floor(mx).astype(int), 0, w - 2)
+    y0 = np.clip(np.floor(my).astype(int), 0, h - 2)
+    # All four bilinear taps on the same surface, so no silhouette edge blends in.
+    for dy in (0, 1):
+        for dx in (0, 1):
+            ok &= aux["ids2"][y0 + dy, x0 + dx] == aux["ids1"]
+    depth2 = cv2.remap(aux["depth2"].astype(np.float32), mx, my, cv2.INTER_LINEAR)
+    ok &= np.abs(depth2 - aux["proj_z2"]) < 0.02 * aux["proj_z2"]  # the point is the one frame 2 sees
+    assert ok.mean() > 0.5
+    warped = cv2.remap(scene.rgb2, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return float(np.abs(warped.astype(float) - scene.rgb)[ok].mean())
+
+
+def test_same_seed_same_scene_other_seed_differs():
+    a, b, c = render_scene(7, 64), render_scene(7, 64), render_scene(8, 64)
+    for field in ("rgb", "rgb2", "depth", "flow", "visible_mask", "whole_mask", "whole_rgb"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.rgb, c.rgb)
+    assert not np.array_equal(a.depth, c.depth)
+
+
+@pytest.mark.parametrize("size,hw", [(64, (64, 64)), ((48, 80), (48, 80)), ((80, 48), (80, 48))])
+def test_shapes_and_dtypes(size, hw):
+    s = render_scene(3, size)
+    h, w = hw
+    assert s.rgb.shape == s.rgb2.shape == s.whole_rgb.shape == (h, w, 3)
+    assert s.rgb.dtype == s.rgb2.dtype == s.whole_rgb.dtype == np.uint8
+    assert s.depth.shape == (h, w) and s.depth.dtype == np.float32
+    assert s.flow.shape == (h, w, 2) and s.flow.dtype == np.float32
+    assert s.visible_mask.shape == s.whole_mask.shape == (h, w)
+    assert s.visible_mask.dtype == s.whole_mask.dtype == bool
+    assert s.seed == 3
+
+
+def test_flow_is_exact_photometrically():
+    # Without shadows the residual is bilinear blur and the shading change of yawing faces, so the
+    # exact flow must beat zero flow by far and a half-pixel shift of itself.
+    for seed in range(4):
+        scene, aux = _render_scene(seed, 128, shadows=False)
+        exact = _warp_error(scene, aux, scene.flow)
+        zero = _warp_error(scene, aux, np.zeros_like(scene.flow))
+        shifted = _warp_error(scene, aux, scene.flow + np.float32(0.5))
+        assert exact < 2.0, seed
+        assert exact < 0.25 * zero, seed
+        assert exact < shifted, seed
+    # Shadows that move across surfaces add residual, but the flow still explains the frames.
+    scene, aux = _render_scene(0, 128)
+    assert _warp_error(scene, aux, scene.flow) < 0.3 * _warp_error(scene, aux, np.zeros_like(scene.flow))
+
+
+def test_flow_is_exact_geometrically():
+    # Cast a frame-2 ray through each object pixel's landing point: it must hit the same material point.
+    scene, aux = _render_scene(5, 96)
+    h, w = scene.depth.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    cam, cam2 = aux["cam"], aux["cam2"]
+    checked = 0
+    for k, (o1, o2) in enumerate(zip(aux["objs"], aux["objs2"])):
+        sel = aux["ids1"] == k
+        if not sel.any():
+            continue
+        x2, y2 = xs[sel] + scene.flow[sel][:, 0], ys[sel] + scene.flow[sel][:, 1]
+        d1 = cam.rot @ np.stack([(xs[sel] - cam.cx) / cam.f, (ys[sel] - cam.cy) / cam.f, np.ones(sel.sum())])
+        d2 = cam2.rot @ np.stack([(x2 - cam2.cx) / cam2.f, (y2 - cam2.cy) / cam2.f, np.ones(sel.sum())])
+        t2 = _hit_object(o2, cam2.pos, d2)  # (M,) equals camera-2 z, as d2 has camera-z 1
+        # Points that turn away (self-occluded in frame 2) are not seen there; skip them.
+        seen = np.abs(t2 - aux["proj_z2"][sel]) < 1e-3 * aux["proj_z2"][sel]
+        p1 = cam.pos[:, None] + scene.depth[sel] * d1  # (3, M) frame-1 hits, from the depth map
+        p2 = cam2.pos[:, None] + t2 * d2  # (3, M)
+        local1 = _rot_y(o1.yaw).T @ (p1 - o1.centre[:, None])
+        local2 = _rot_y(o2.yaw).T @ (p2 - o2.centre[:, None])
+        np.testing.assert_allclose(local2[:, seen], local1[:, seen], atol=1e-3)  # float32 depth and flow
+        checked += seen.sum()
+    assert checked > 0.05 * h * w
+
+
+def test_flow_magnitude_and_depth():
+    mags = []
+    for seed in range(8):
+        s = render_scene(seed, 128)
+        assert np.isfinite(s.flow).all()
+        assert np.isfinite(s.depth).all() and (s.depth > 0).all()
+        mags.append(np.percentile(np.linalg.norm(s.flow, axis=-1), 95))
+    assert 1.0 < np.median(mags) < 0.15 * 128
+    assert max(mags) < 0.3 * 128
+
+
+def test_amodal_targets():
+    counts = set()
+    for seed in range(20):
+        s, aux = _render_scene(seed, 96)
+        counts.add(aux["n_objects"])
+        assert not (s.visible_mask & ~s.whole_mask).any()
+        frac = s.visible_mask.sum() / s.whole_mask.sum()
+        assert 0.25 <= frac <= 0.85, seed
+        border = np.concatenate([s.whole_mask[0], s.whole_mask[-1], s.whole_mask[:, 0], s.whole_mask[:, -1]])
+        assert border.mean() <= 0.01, seed
+        assert (s.whole_rgb[~s.whole_mask] == 255).all()
+        np.testing.assert_array_equal(s.whole_rgb[s.visible_mask], s.rgb[s.visible_mask])
+    assert len(counts) >= 4 and counts <= set(range(3, 8))
+
+
+def test_scenes_vary():
+    means = np.array([render_scene(seed, 32).rgb.reshape(-1, 3).mean(axis=0) for seed in range(6)])  # (6, 3)
+    assert means.std(axis=0).min() > 5
+
+
+@pytest.mark.parametrize("size", [0, 4, (64,), (64, 64, 3), "64", 64.0])
+def test_bad_size_is_a_usage_error(size):
+    with pytest.raises(UsageError, match="size"):
+        render_scene(0, size)
+
+
+def test_bad_seed_is_a_usage_error():
+    with pytest.raises(UsageError, match="seed"):
+        render_scene(-1, 32)
