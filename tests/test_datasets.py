@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from percept_cli.data.datasets import (
-    FLO_MAGIC,
     AmodalSample,
     DepthSample,
     FlowSample,
@@ -17,6 +16,7 @@ from percept_cli.data.datasets import (
     synthetic_samples,
 )
 from percept_cli.errors import InputError, UsageError
+from percept_cli.writers import FLO_MAGIC
 
 
 def _write_flo(path: Path, flow: np.ndarray) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 
 from percept_cli.data.scenes import render_scene
 from percept_cli.errors import InputError, UsageError
+from percept_cli.writers import read_flo  # one .flo reader for inputs and outputs
 
-FLO_MAGIC = 202021.25  # Middlebury .flo tag: the bytes "PIEH" read as a little-endian float32
 _HYPERSIM_RGB = re.compile(r"^(.*)rgb_(cam_\d+_fr\d+)\.png$")
 _CHAIRS_IMG1 = re.compile(r"^(\d+)_img1\.ppm$")
 _P2G_OCCLUSION = re.compile(r"^(.+)_occlusion\.png$")
@@ -78,28 +78,6 @@ def _read_mask(path: Path) -> np.ndarray:
     if img is None:
         raise InputError(f"{path}: cannot read this mask (missing or corrupt): check the file")
     return img > 127  # (H, W)
-
-
-def read_flo(path: str | Path) -> np.ndarray:
-    """A Middlebury .flo file as (H, W, 2) float32 flow in pixels."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the flow file ({e.strerror}): check the path") from e
-    if len(data) < 12:
-        raise InputError(f"{path}: too short for a .flo header (12 bytes): the file is truncated")
-    magic = np.frombuffer(data, "<f4", 1, 0)[0]
-    if magic != np.float32(FLO_MAGIC):
-        raise InputError(f"{path}: not a Middlebury .flo file (tag {magic!r}, expected {FLO_MAGIC}): check the file")
-    w, h = (int(v) for v in np.frombuffer(data, "<i4", 2, 4))
-    if not (0 < w < 1 << 16 and 0 < h < 1 << 16):
-        raise InputError(f"{path}: impossible .flo size {w}x{h}: the header is corrupt")
-    need = 12 + 8 * w * h
-    if len(data) != need:
-        raise InputError(f"{path}: {len(data)} bytes, but a {w}x{h} .flo holds {need}: "
-                         "the file is truncated or corrupt")
-    return np.frombuffer(data, "<f4", 2 * w * h, 12).reshape(h, w, 2).astype(np.float32)  # (H, W, 2)
 
 
 def _same_size(path: Path, a: np.ndarray, b: np.ndarray) -> None:
