@@ -78,7 +78,7 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 cfg[key] = getattr(self, key)
         grid = self.resolution // self.patch_size
-        return dict(cfg, sample_size=grid * self.patch_size, in_channels=3, cond_channels=6, top_k=self.top_k,
+        return dict(cfg, sample_size=grid, in_channels=3, cond_channels=6, top_k=self.top_k,
                     norm_topk_prob=self.norm_topk_prob, num_labels=5, label_offset=1000, learn_sigma=False)
 
     def scheduler_config(self) -> dict[str, Any]:
