@@ -1,0 +1,212 @@
+"""The `percept` command line: thin Typer commands over percept_cli.run.
+
+Shared option types are `Annotated` aliases defined once below. `main()` maps every failure to
+one line on stderr and an exit code: 0 all done, 1 a user-facing error (PerceptError), 2 a usage
+error (ours or Typer's), 130 interrupted. Nothing heavy is imported here: `percept --help` must
+not import torch, so each command imports run (and run imports the pipeline) only when called.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from percept_cli import __version__
+from percept_cli.errors import PerceptError
+
+app = typer.Typer(
+    name="percept",
+    help="Depth, optical flow and amodal masks with diffusion transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ----------------------------------------------------------------------------------------- shared option types
+# Defaults of None mean "the checkpoint's default" (resolved by Predictor.settings after loading).
+
+_MODEL = "Model settings (unset: the checkpoint's defaults)"
+_OUT = "Output"
+_IN = "Inputs"
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", show_default=False, rich_help_panel=_MODEL,
+    help="A name from weights.lock, a local model folder, or hf://REPO@COMMIT/PATH. "
+         "[default: $PERCEPT_MODEL, else weights.lock's default]")]
+StepsOpt = Annotated[Optional[int], typer.Option(
+    "--steps", show_default=False, rich_help_panel=_MODEL, help="DDIM denoising steps.")]
+EnsembleOpt = Annotated[Optional[int], typer.Option(
+    "--ensemble", show_default=False, rich_help_panel=_MODEL,
+    help="Samples from different noise reduced to one prediction; >1 also writes uncertainty maps.")]
+ScheduleOpt = Annotated[Optional[str], typer.Option(
+    "--schedule", show_default=False, rich_help_panel=_MODEL,
+    help="Noise schedule NAME[+leading|+trailing|+linspace][+zero-snr], NAME: default, linear, "
+         "scaled_linear, cosine.")]
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=_MODEL, help="Seed of the initial noise.")]
+ResolutionOpt = Annotated[Optional[int], typer.Option(
+    "--resolution", show_default=False, rich_help_panel=_MODEL, help="Processing resolution in pixels (square).")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", show_default=False, rich_help_panel=_MODEL,
+    help="Rows per forward pass (inputs x ensemble members x flow components).")]
+ReductionOpt = Annotated[Optional[str], typer.Option(
+    "--reduction", show_default=False, rich_help_panel=_MODEL,
+    help="Ensemble reducer: mean or median. [default: median for depth, mean for flow]")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps (torchrun: cuda:LOCAL_RANK).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", rich_help_panel=_MODEL, help="fp32, bf16 or fp16.")]
+OutputOpt = Annotated[Path, typer.Option(
+    "--output", "-o", rich_help_panel=_OUT, help="Output folder; folder inputs mirror their sub-folders in it.")]
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", show_default=False, rich_help_panel=_OUT,
+    help="Comma list of formats to write, or all (depth: npy,png16,color; flow: flo,png,npy; "
+         "amodal: png,npy,overlay). [default: all]")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", rich_help_panel=_OUT,
+    help="Predict again and replace existing outputs. Without it, inputs whose outputs all exist are skipped.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=_OUT, help="Print one JSON object per input on stdout.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=_OUT, help="No progress and no notes on stderr (warnings and errors stay).")]
+RecursiveOpt = Annotated[bool, typer.Option(
+    "--recursive", "-r", rich_help_panel=_IN, help="Search folders (and ** in globs) recursively.")]
+EveryOpt = Annotated[int, typer.Option(
+    "--every", rich_help_panel=_IN, help="Videos: use every N-th frame.")]
+MaxFramesOpt = Annotated[Optional[int], typer.Option(
+    "--max-frames", show_default=False, rich_help_panel=_IN, help="Videos: read at most N frames.")]
+ListOpt = Annotated[Optional[str], typer.Option(
+    "--list", show_default=False, rich_help_panel=_IN,
+    help="A text file with one pair per line ('-' = stdin); relative paths are relative to the file.")]
+
+
+def _predict(task: str, inputs: list[str] | None, mask: str | None = None, list_file: str | None = None,
+             **options) -> None:
+    """The one call behind the three predicting commands."""
+    from percept_cli import run
+
+    try:
+        run.predict(task, list(inputs or []), run.Options(**options), mask=mask, list_file=list_file)
+    except KeyboardInterrupt:  # Typer turns it into exit 130; say what state the outputs are in
+        typer.echo("error: interrupted; every output written so far is complete, re-run to resume", err=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------- predicting commands
+
+
+@app.command(no_args_is_help=True)
+def depth(
+    inputs: Annotated[list[str], typer.Argument(
+        show_default=False, help="Images, folders, glob patterns, videos, or '-' to read paths from stdin.")],
+    model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
+    json: JsonOpt = False, quiet: QuietOpt = False,
+    recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+) -> None:
+    """Predict depth: NAME.depth.npy (float32, 0 = near), NAME.depth.png (16-bit), NAME.depth.color.png.
+
+    Example: percept depth photos/ -r -o out/ --steps 10 --ensemble 4
+    """
+    _predict("depth", **locals())
+
+
+@app.command(no_args_is_help=True)
+def flow(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        show_default=False, help="Two frames A B, a video, a folder of frames, or '-' to read paths from stdin.")]
+    = None,
+    list_file: ListOpt = None,
+    model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
+    json: JsonOpt = False, quiet: QuietOpt = False,
+    recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+) -> None:
+    """Predict forward optical flow A -> B: NAME.flow.flo (Middlebury), NAME.flow.png (colour wheel), NAME.flow.npy.
+
+    Frames of a pair must have the same size (a pair that differs is refused). Videos and folders
+    give consecutive pairs. Example: percept flow frame1.png frame2.png, or percept flow clip.mp4 --every 2
+    """
+    _predict("flow", **locals())
+
+
+@app.command(no_args_is_help=True)
+def amodal(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        show_default=False, help="Images (or a video), folders, glob patterns, or '-' for paths on stdin.")] = None,
+    mask: Annotated[Optional[str], typer.Option(
+        "--mask", show_default=False, rich_help_panel=_IN,
+        help="The visible mask of the object (a folder: one mask per image, named like it).")] = None,
+    list_file: ListOpt = None,
+    model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
+    json: JsonOpt = False, quiet: QuietOpt = False,
+    recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+) -> None:
+    """Predict the whole object behind occluders: NAME.amodal.png (0/255), .amodal.npy, .amodal.overlay.png.
+
+    Example: percept amodal scene.jpg --mask visible.png, or percept amodal --list pairs.txt
+    """
+    _predict("amodal", **locals())
+
+
+# ----------------------------------------------------------------------------------------- other groups
+
+try:  # torch-free at import, like this module
+    from percept_cli import cli_models
+except ModuleNotFoundError as e:  # a checkout without it still predicts
+    if e.name != "percept_cli.cli_models":
+        raise
+else:
+    app.add_typer(cli_models.app, name="models")
+
+# ----------------------------------------------------------------------------------------- train, upcycle, eval, scaling
+# The lead adds these commands here. Pattern: a thin @app.command() whose body imports its module
+# (percept_cli.train, models.surgery, evaluate, ...) inside the function so --help stays torch-free,
+# reuses the option aliases above where the meaning is the same (ModelOpt, DeviceOpt, DtypeOpt,
+# SeedOpt, OutputOpt, JsonOpt, QuietOpt), and raises PerceptError subclasses for main() to map.
+
+
+# ----------------------------------------------------------------------------------------- entry point
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"percept {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_version, help="Print the version and exit.")] = False,
+) -> None:
+    """Depth, optical flow and amodal masks with diffusion transformers."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the app and exit: PerceptError -> `error: ...` and its exit code; usage errors -> 2; Ctrl-C -> 130."""
+    try:
+        code = app(args=argv, prog_name="percept", standalone_mode=False)
+    except PerceptError as e:
+        typer.echo(f"error: {e}", err=True)
+        code = e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.TyperException as e:  # Typer's (Click's) own usage errors: one line, exit 2
+        ctx, message = getattr(e, "ctx", None), e.format_message()
+        if message:  # empty when a bare command printed its help instead
+            hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+        code = getattr(e, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)

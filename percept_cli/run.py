@@ -1,0 +1,564 @@
+"""The one implementation behind `percept depth`, `percept flow` and `percept amodal`.
+
+  1. validate option values at the edge: before any file is decoded or any model is loaded
+  2. expand the inputs into sources (media.collect_*), check the output folder; under torchrun
+     take this rank's shard
+  3. drop sources whose outputs all exist (unless --overwrite); nothing left -> no model load
+  4. resolve and load the model once, when the first input has decoded; settings = flag >
+     checkpoint default > built-in default
+  5. stream jobs (one per image, pair or video frame) in chunks through Predictor.predict_iter;
+     a bad input fails alone, every file is written atomically by writers
+  6. report: one JSON record per input (--json), a summary line, BatchFailed if anything failed
+
+torch is imported only in step 4, so planning and `--help` stay light.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+
+from percept_cli import media, writers
+from percept_cli.console import Console
+from percept_cli.errors import InputError, OutputError, UsageError
+
+TASKS = ("depth", "flow", "amodal")
+DTYPES = ("fp32", "bf16", "fp16")  # pipeline.DTYPES, named here so that validation needs no torch
+REDUCTIONS = ("mean", "median")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+CHUNK = 32  # inputs decoded and predicted together: bounded memory, full batches
+VIDEO_FPS = 10.0  # for the .mp4 when the container does not say
+_LABELS = {"depth": 1, "flow": 2, "amodal": 1}  # sampling runs per input (flow: u and v)
+_OUTPUTS = {"depth": writers.depth_outputs, "flow": writers.flow_outputs, "amodal": writers.amodal_outputs}
+
+
+class BatchFailed(InputError):
+    """Some inputs of a batch failed (each already reported); the rest were written."""
+
+
+@dataclass
+class Options:
+    """Every predicting option; None means 'the checkpoint's default' (Predictor.settings)."""
+
+    model: str | None = None  # None: hub.default_model_name() ($PERCEPT_MODEL, then weights.lock)
+    steps: int | None = None
+    ensemble: int | None = None
+    schedule: str | None = None
+    seed: int = 0
+    resolution: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    reduction: str | None = None
+    output: Path = Path("percept-out")
+    format: str | None = None  # comma list; None = every format of the task
+    overwrite: bool = False
+    json: bool = False
+    quiet: bool = False
+    recursive: bool = False
+    every: int = 1
+    max_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One planned input before decoding."""
+
+    rel: Path  # output stem under OUT; for a video, the folder of its per-frame outputs
+    paths: tuple[Path, ...]  # (image,) | (frame1, frame2) | (image, mask) | (video,) | (video, mask)
+    video: bool = False
+
+
+@dataclass
+class Job:
+    """One prediction: an image, a pair, an image with its mask, or one frame (pair) of a video."""
+
+    source: Source
+    rel: Path
+    frame: int | None = None
+    item: Any = None  # pipeline.TaskInput once decoded; dropped after writing
+    status: str = "pending"  # pending | ok | skipped | failed
+    error: str | None = None
+    outputs: list[Path] = field(default_factory=list)
+    viz: np.ndarray | None = None  # this frame of the video's .mp4
+    seconds: float = 0.0
+
+
+@dataclass
+class VideoEnd:
+    """Marks the end of a video's frames in the job stream; its .mp4 is finished (or discarded) here."""
+
+    source: Source
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------ 1. edge checks
+
+
+def check_options(task: str, opts: Options) -> tuple[str, ...]:
+    """Validate values that need no model; returns the parsed formats. UsageError names the option and fix."""
+    from percept_cli.schedules import parse_schedule
+
+    assert task in TASKS, task
+    for name, value in (("--steps", opts.steps), ("--ensemble", opts.ensemble), ("--batch-size", opts.batch_size),
+                        ("--resolution", opts.resolution), ("--every", opts.every), ("--max-frames", opts.max_frames)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if opts.seed < 0:
+        raise UsageError(f"--seed must be zero or positive, got {opts.seed}")
+    if not DEVICE_RE.fullmatch(opts.device.lower()):
+        raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {opts.device!r}")
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
+    if opts.reduction is not None and opts.reduction not in REDUCTIONS:
+        raise UsageError(f"--reduction must be mean or median, got {opts.reduction!r}")
+    if opts.schedule is not None:
+        parse_schedule(opts.schedule)
+    return writers.parse_formats(opts.format or "all", task)
+
+
+def check_output(folder: Path) -> None:
+    """Create the output folder and prove that a file can be written in it."""
+    writers.ensure_folder(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".percept-probe-"):
+            pass
+    except OSError as e:
+        raise OutputError(
+            f"output folder '{folder}' is not writable ({e.strerror or e}); choose a writable folder with -o"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ 2. sources
+
+
+def collect_sources(task: str, inputs: list[str], opts: Options, mask: str | None = None,
+                    list_file: str | None = None, stdin: TextIO | None = None) -> list[Source]:
+    """Expand files, folders, globs, videos, '-' and --list into sources (media does the reading rules)."""
+    out = opts.output
+    if task == "depth":
+        if list_file is not None:
+            raise UsageError("depth takes images, folders, globs or '-' (paths on stdin), not --list; drop --list")
+        items = media.collect_images(inputs, recursive=opts.recursive, stdin=stdin, exclude=out)
+        return [Source(it.rel, (it.path,), media.is_video(it.path)) for it in items]
+    if task == "flow":
+        if mask is not None:
+            raise UsageError("--mask is for amodal; flow takes A B, a video, a folder of frames or --list FILE")
+        pairs = media.collect_pairs(inputs, recursive=opts.recursive, list_file=list_file, stdin=stdin, exclude=out)
+        return [Source(a.rel, (a.path,), True) if a.path == b.path and media.is_video(a.path)
+                else Source(a.rel, (a.path, b.path)) for a, b in pairs]
+    pairs = media.collect_image_mask_pairs(inputs, mask=mask, list_file=list_file, recursive=opts.recursive,
+                                           stdin=stdin)
+    return [Source(it.rel, (it.path, m), media.is_video(it.path)) for it, m in pairs]
+
+
+def shard() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun / accelerate's environment; (0, 1, 0) otherwise."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UsageError("RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} is not within WORLD_SIZE={world}; launch with torchrun")
+    return rank, world, local
+
+
+def device_for_rank(device: str, local_rank: int, world: int) -> str:
+    """Under torchrun each process takes its own GPU (cuda:LOCAL_RANK), or the CPU without CUDA."""
+    if world == 1 or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return "cpu" if device == "auto" else device  # an explicit cuda without CUDA fails in pick_device
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def predict(task: str, inputs: list[str], opts: Options, mask: str | None = None, list_file: str | None = None,
+            stdin: TextIO | None = None) -> None:
+    """Run one predicting command end to end; raises a PerceptError (BatchFailed if some inputs failed)."""
+    return _Run(task, opts).run(inputs, mask, list_file, stdin)
+
+
+class _Run:
+    """One invocation: the plan, the loaded model, open .mp4 writers and the tallies."""
+
+    def __init__(self, task: str, opts: Options) -> None:
+        self.task, self.opts = task, opts
+        self.out = Path(opts.output).expanduser()
+        self.rank, self.world, self.local_rank = shard()
+        self.console = Console(opts.quiet, prefix=f"[rank {self.rank}/{self.world}] " if self.world > 1 else "")
+        self.predictor = self.settings = None
+        self.videos: dict[Source, writers.VideoWriter] = {}
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self.failed: list[str] = []
+        self.model = opts.model
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def outputs(self, rel: Path, uncertainty: bool) -> list[Path]:
+        return _OUTPUTS[self.task](self.out / rel, self.formats, uncertainty)
+
+    def mp4(self, src: Source) -> Path:
+        stem = self.out / src.rel
+        return stem.with_name(f"{stem.name}.{self.task}.mp4")
+
+    def frame_indices(self, src: Source) -> list[int]:
+        """Indices of the frames that name outputs (flow: every sampled frame but the last)."""
+        idx = [i for i, _ in media.iter_video_frames(src.paths[0], self.opts.every, self.opts.max_frames)]
+        return idx[:-1] if self.task == "flow" else idx
+
+    def done(self, src: Source) -> bool:
+        """True when every output exists (uncertainty files only count when --ensemble > 1 was asked for)."""
+        if self.opts.overwrite:
+            return False
+        unc = (self.opts.ensemble or 1) > 1
+        if not src.video:
+            return all(p.exists() for p in self.outputs(src.rel, unc))
+        if not self.mp4(src).exists():
+            return False
+        try:
+            frames = self.frame_indices(src)
+        except InputError:
+            return False  # reported when the video is processed
+        return all(p.exists() for i in frames for p in self.outputs(media.frame_item(_item(src), i).rel, unc))
+
+    def estimate(self, pending: list[Source]) -> int | None:
+        """Jobs to run, for the progress bar; None when a video does not say its length."""
+        total = 0
+        for src in pending:
+            if not src.video:
+                total += 1
+                continue
+            try:
+                frames = media.video_info(src.paths[0]).frames
+            except InputError:
+                frames = 1
+            if frames is None:
+                return None
+            n = math.ceil(frames / self.opts.every)
+            n = min(n, self.opts.max_frames or n)
+            total += max(n - (self.task == "flow"), 0)
+        return total
+
+    # -- 1-6 --------------------------------------------------------------------------------------
+
+    def run(self, inputs: list[str], mask: str | None, list_file: str | None, stdin: TextIO | None) -> None:
+        t_start = time.perf_counter()
+        # 1. values and formats, before anything is read
+        self.formats = check_options(self.task, self.opts)
+        # 2. sources, and this rank's shard of them (a deterministic sort first: every rank sees the same list)
+        sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin)
+        check_output(self.out)
+        if self.world > 1:
+            sources = sorted(sources, key=lambda s: media.natural_key(s.rel))[self.rank :: self.world]
+        # 3. resume: sources whose outputs all exist are skipped (and reported in input order)
+        plan = [(src, self.done(src)) for src in sources]
+        pending = [src for src, done in plan if not done]
+        # 4-5. stream jobs through the predictor in chunks; the model loads with the first decodable input
+        stream = self.stream(plan)
+        try:
+            # decode up to the first good input, then load the model before any bar starts (downloads print)
+            entries: list[Job | VideoEnd] = []
+            for entry in stream:
+                entries.append(entry)
+                if (isinstance(entry, Job) and entry.status == "pending") or len(entries) >= 8 * CHUNK:
+                    break
+            waiting = sum(isinstance(e, Job) and e.status == "pending" for e in entries)  # pending jobs in entries
+            if waiting:
+                self.load()
+            with self.console.progress(self.estimate(pending), f"{self.task}") as tracker:
+                for entry in stream:
+                    entries.append(entry)
+                    waiting += isinstance(entry, Job) and entry.status == "pending"
+                    # a full chunk to predict, or many skipped frames holding their .mp4 frames
+                    if waiting >= self.chunk_size() or len(entries) >= 8 * self.chunk_size():
+                        self.process(entries, tracker)
+                        entries, waiting = [], 0
+                self.process(entries, tracker)
+        except BaseException as e:  # KeyboardInterrupt too: no half-made .mp4 stays behind
+            for writer in self.videos.values():
+                writer.__exit__(type(e), e, e.__traceback__)
+            self.videos.clear()
+            raise
+        finally:
+            stream.close()
+        # 6. report
+        c = self.counts
+        if not pending:
+            self.console.note(f"every input has its outputs in '{self.out}' already; nothing to do "
+                              "(pass --overwrite to predict again)" if sources else "no inputs for this rank")
+        else:
+            self.console.note(f"{self.task}: {c['ok']} done, {c['skipped']} skipped, {c['failed']} failed "
+                              f"in {time.perf_counter() - t_start:.1f} s -> {self.out}")
+        if self.failed:
+            more = len(self.failed) - 10
+            listed = ", ".join(self.failed[:10]) + (f" and {more} more" if more > 0 else "")
+            total = sum(c.values())
+            raise BatchFailed(f"{len(self.failed)} of {total} inputs failed: {listed}; "
+                              "fix them (see the errors above) and re-run: finished outputs are kept")
+
+    def chunk_size(self) -> int:
+        """Inputs per predict_iter call: at least CHUNK, and enough rows to fill one batch."""
+        if self.settings is None:
+            return CHUNK
+        return max(CHUNK, math.ceil(self.settings.batch_size / (_LABELS[self.task] * self.settings.ensemble)))
+
+    def load(self) -> None:
+        """Resolve and load the model, then resolve settings (flag > checkpoint default > built-in)."""
+        from percept_cli.hub import default_model_name, resolve_model
+        from percept_cli.pipeline import Predictor, pick_device
+
+        self.model = self.opts.model or default_model_name()
+        device = pick_device(device_for_rank(self.opts.device.lower(), self.local_rank, self.world))
+        source = resolve_model(self.model, progress=not self.opts.quiet)
+        self.console.note(f"loading model '{self.model}' on {device}")
+        self.predictor = Predictor.from_source(source, device=device, dtype=self.opts.dtype, warn=self.console.warn)
+        o = self.opts
+        self.settings = self.predictor.settings(self.task, steps=o.steps, ensemble=o.ensemble, schedule=o.schedule,
+                                                seed=o.seed, resolution=o.resolution, batch_size=o.batch_size,
+                                                reduction=o.reduction)
+        self.device = str(device)
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def stream(self, plan: list[tuple[Source, bool]]) -> Iterator[Job | VideoEnd]:
+        """Jobs in input order, decoded lazily; a video's frames are decoded as they are needed."""
+        for src, done in plan:
+            if done:
+                outs = [self.mp4(src)] if src.video else self.outputs(src.rel, (self.opts.ensemble or 1) > 1)
+                yield Job(src, src.rel, status="skipped", outputs=outs)
+                continue
+            if not src.video:
+                job = Job(src, src.rel)
+                try:
+                    job.item = load_input(self.task, src)
+                except InputError as e:
+                    job.status, job.error = "failed", str(e)
+                yield job
+                continue
+            try:
+                info = media.video_info(src.paths[0])
+                fps = (info.fps or VIDEO_FPS) / self.opts.every
+                writer = writers.VideoWriter(self.mp4(src), fps=fps, overwrite=self.opts.overwrite)
+                self.videos[src] = writer.__enter__()  # closed in finish_video, or discarded on any exception
+                yield from self.video_jobs(src)
+            except InputError as e:
+                yield VideoEnd(src, str(e))
+                continue
+            yield VideoEnd(src)
+
+    def video_jobs(self, src: Source) -> Iterator[Job]:
+        """One job per sampled frame (flow: per pair of consecutive sampled frames)."""
+        from percept_cli.pipeline import TaskInput
+
+        video = src.paths[0]
+        visible, prev, n = None, None, 0
+        for index, frame in media.iter_video_frames(video, self.opts.every, self.opts.max_frames):
+            n += 1
+            if self.task == "amodal" and visible is None:
+                visible = media.read_mask(src.paths[1], like_shape=frame.shape, image=video)
+            if self.task == "flow":
+                if prev is not None:
+                    yield self.frame_job(src, prev[0], TaskInput(prev[1], frame, name=f"{video} frame {prev[0]}"))
+                prev = (index, frame)
+            else:
+                yield self.frame_job(src, index, TaskInput(frame, visible, name=f"{video} frame {index}"))
+        if self.task == "flow" and n < 2:
+            raise InputError(f"video '{video}' gives only one frame here; flow needs two: lower --every "
+                             "or raise --max-frames")
+
+    def frame_job(self, src: Source, index: int, item) -> Job:
+        """A frame's job; skipped when its outputs exist (its .mp4 frame is then rebuilt from them)."""
+        rel = media.frame_item(_item(src), index).rel
+        job = Job(src, rel, frame=index, item=item)
+        outs = self.outputs(rel, (self.opts.ensemble or 1) > 1)
+        if not self.opts.overwrite and all(p.exists() for p in outs):
+            writer = self.videos.get(src)
+            viz = None if writer is None or writer.skipped else viz_from_outputs(self.task, outs, item)
+            if writer is None or writer.skipped or viz is not None:
+                job.status, job.outputs, job.viz, job.item = "skipped", outs, viz, None
+        return job
+
+    # -- predicting and writing -------------------------------------------------------------------
+
+    def process(self, entries: list[Job | VideoEnd], tracker) -> None:
+        """Predict the chunk's pending jobs in one predict_iter call, then finish every entry in order."""
+        if self.predictor is None and any(isinstance(e, Job) and e.status == "pending" for e in entries):
+            self.load()  # the first inputs all failed or were skipped
+        pending = []
+        for job in entries:
+            if isinstance(job, Job) and job.status == "pending":
+                try:
+                    self.predictor.check_input(self.task, job.item)
+                    pending.append(job)
+                except InputError as e:
+                    job.status, job.error, job.item = "failed", str(e), None
+        if pending:
+            s = self.settings
+            rows = len(pending) * _LABELS[self.task] * s.ensemble * s.steps
+            t0 = time.perf_counter()
+            items = [j.item for j in pending]
+            for i, result in self.predictor.predict_iter(self.task, items, s, on_step=tracker.steps(rows)):
+                job = pending[i]
+                job.outputs = self.write(job, result)
+                if job.source.video:
+                    job.viz = visualise(self.task, result, job.item)
+                job.status, job.item = "ok", None
+                items[i] = None  # the predictor's own references go with its cache
+                tracker.advance()
+            share = (time.perf_counter() - t0) / len(pending)  # inputs share batches: an equal share each
+            for job in pending:
+                job.seconds = share
+        for entry in entries:
+            if isinstance(entry, VideoEnd):
+                self.finish_video(entry)
+                continue
+            writer = self.videos.get(entry.source)
+            if entry.status == "failed" and writer is not None:
+                self.finish_video(VideoEnd(entry.source, entry.error), quiet=True)
+            elif entry.viz is not None and writer is not None:
+                writer.append(entry.viz)
+                entry.viz = None
+            # predicted jobs advanced as they finished; sources skipped while planning are not in the total
+            if entry.status == "failed" or (entry.status == "skipped" and entry.frame is not None):
+                tracker.advance()
+            self.emit(entry)
+
+    def write(self, job: Job, r) -> list[Path]:
+        stem, o = self.out / job.rel, self.opts
+        if self.task == "depth":
+            return writers.write_depth(stem, r.depth, r.uncertainty, self.formats, overwrite=o.overwrite)
+        if self.task == "flow":
+            return writers.write_flow(stem, r.flow, r.uncertainty, self.formats, overwrite=o.overwrite)
+        return writers.write_amodal(stem, r.mask, r.soft, job.item.image, r.uncertainty, self.formats,
+                                    overwrite=o.overwrite)
+
+    def finish_video(self, end: VideoEnd, quiet: bool = False) -> None:
+        """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise."""
+        writer = self.videos.pop(end.source, None)
+        if writer is None:  # never opened (unreadable video), or discarded after a failed frame
+            if end.error is not None and not quiet:
+                self.emit(Job(end.source, end.source.rel, status="failed", error=end.error))
+            return
+        if end.error is None:
+            writer.__exit__(None, None, None)
+            status = "skipped" if writer.skipped else "ok"
+        else:
+            err = InputError(end.error)
+            writer.__exit__(InputError, err, None)
+            status = "failed"
+        if quiet:  # the failed frame's own record says why
+            return
+        job = Job(end.source, end.source.rel, status=status, error=end.error, outputs=[self.mp4(end.source)])
+        if status == "failed":
+            self.emit(job)
+        elif self.opts.json:
+            self.console.record(self.record(job) | {"frames": writer.frames})
+
+    def emit(self, job: Job) -> None:
+        """Count one finished job, report a failure on stderr, print its --json record."""
+        if job.status == "failed":
+            self.console.error(job.error)
+            src = job.source
+            if job.frame is not None:
+                self.failed.append(f"{src.paths[0]} frame {job.frame}")
+            else:
+                self.failed.append(str(src.paths[0]) if src.video else " & ".join(map(str, src.paths)))
+        self.counts[job.status] += 1
+        if self.opts.json:
+            self.console.record(self.record(job))
+
+    def record(self, job: Job) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "inputs": [str(p) for p in job.source.paths],
+            "frame": job.frame,
+            "outputs": [str(p) for p in job.outputs],
+            "status": job.status,
+            "error": job.error,
+            "seconds": round(job.seconds, 4),
+            "model": self.model,
+            "settings": None if self.settings is None or job.status == "skipped" else
+            self.settings.as_dict() | {"device": self.device, "dtype": self.opts.dtype},
+            "rank": self.rank,
+        }
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _item(src: Source) -> media.InputItem:
+    return media.InputItem(src.paths[0], src.rel)
+
+
+def _size(img: np.ndarray) -> str:
+    return f"{img.shape[1]}x{img.shape[0]}"
+
+
+def load_input(task: str, src: Source):
+    """Decode one non-video source into a TaskInput; InputError names the file(s) and the fix."""
+    from percept_cli.pipeline import TaskInput
+
+    if task == "depth":
+        return TaskInput(media.read_image(src.paths[0]), name=str(src.paths[0]))
+    if task == "flow":
+        a, b = src.paths
+        f1, f2 = media.read_image(a), media.read_image(b)
+        if f1.shape != f2.shape:
+            # Refused, not resized: a silent resize would change what the flow vectors measure.
+            raise InputError(
+                f"flow frames '{a}' ({_size(f1)}) and '{b}' ({_size(f2)}) differ in size (width x height); "
+                f"flow needs two frames of one size: resize or crop '{b}' to {_size(f1)}"
+            )
+        return TaskInput(f1, f2, name=str(a))
+    image, visible = src.paths
+    img = media.read_image(image)
+    return TaskInput(img, media.read_mask(visible, like_shape=img.shape, image=image), name=str(image))
+
+
+def visualise(task: str, result, item) -> np.ndarray:
+    """The (H, W, 3) uint8 frame a video's .mp4 shows: depth colours, the flow wheel, the mask overlay."""
+    if task == "depth":
+        return writers.colorize_depth(result.depth)
+    if task == "flow":
+        return writers.flow_to_color(result.flow)
+    return writers.overlay_mask(item.image, result.mask)
+
+
+def viz_from_outputs(task: str, outputs: list[Path], item) -> np.ndarray | None:
+    """Rebuild a skipped frame's .mp4 frame from its files on disk; None if none can be read."""
+
+    def find(suffix: str) -> Path | None:
+        return next((p for p in outputs if p.name.endswith(suffix)), None)
+
+    readers = {  # the visualisation file itself first, then any numeric output
+        "depth": ((".depth.color.png", media.read_image),
+                  (".depth.npy", lambda p: writers.colorize_depth(np.load(p))),
+                  (".depth.png", lambda p: writers.colorize_depth(writers.read_png16(p)))),
+        "flow": ((".flow.png", media.read_image),
+                 (".flow.flo", lambda p: writers.flow_to_color(writers.read_flo(p))),
+                 (".flow.npy", lambda p: writers.flow_to_color(np.load(p)))),
+        "amodal": ((".amodal.overlay.png", media.read_image),
+                   (".amodal.png", lambda p: writers.overlay_mask(item.image, media.read_mask(p))),
+                   (".amodal.npy", lambda p: writers.overlay_mask(item.image, np.load(p) >= 0.5))),
+    }
+    for suffix, read in readers[task]:
+        if (path := find(suffix)) is not None:
+            try:
+                return read(path)
+            except (InputError, OSError, ValueError):
+                return None
+    return None
