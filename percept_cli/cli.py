@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from percept_cli import __version__
-from percept_cli.errors import PerceptError
+from percept_cli.errors import PerceptError, UsageError
 
 app = typer.Typer(
     name="percept",
@@ -168,11 +168,107 @@ except ModuleNotFoundError as e:  # a checkout without it still predicts
 else:
     app.add_typer(cli_models.app, name="models")
 
-# ----------------------------------------------------------------------------------------- train, upcycle, eval, scaling
-# The lead adds these commands here. Pattern: a thin @app.command() whose body imports its module
-# (percept_cli.train, models.surgery, evaluate, ...) inside the function so --help stays torch-free,
-# reuses the option aliases above where the meaning is the same (ModelOpt, DeviceOpt, DtypeOpt,
-# SeedOpt, OutputOpt, JsonOpt, QuietOpt), and raises PerceptError subclasses for main() to map.
+# ----------------------------------------------------------------------------------------- train, upcycle, eval
+# Thin commands: each imports its module inside the function so --help stays torch-free.
+
+_TRAIN = "Training (unset: the --config file, else TrainConfig's defaults)"
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of TrainConfig fields (see configs/).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Run folder: checkpoints, log.jsonl, cached scenes.")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", help="Start from a model: our folder, a Meta DiT .pt or a diffusers DiT folder "
+                       "(a generative model is widened for the conditioning slots first).")] = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", rich_help_panel=_TRAIN, help="perception or generate.")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", rich_help_panel=_TRAIN, help="Preset: XXS, XS, S, B, L, XL.")] = None,
+    experts: Annotated[Optional[int], typer.Option("--experts", rich_help_panel=_TRAIN, help="MoE experts (0 = dense).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", rich_help_panel=_TRAIN)] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", rich_help_panel=_TRAIN)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", rich_help_panel=_TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", rich_help_panel=_TRAIN)] = None,
+    max_time: Annotated[Optional[float], typer.Option(
+        "--max-time", help="Stop (with a checkpoint) after this many seconds; re-run to resume.")] = None,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore OUT/checkpoint-last and start over.")] = False,
+) -> None:
+    """Train a model on rendered scenes; resumes OUT/checkpoint-last. Works under torchrun (DDP)."""
+    from percept_cli.console import Console
+    from percept_cli.train import load_config, run as train_run
+
+    if stage is not None and stage not in ("perception", "generate"):
+        raise UsageError(f"--stage must be perception or generate, got {stage!r}")
+    cfg = load_config(config, out=out, init=init, stage=stage, size=size, num_experts=experts,
+                      batch_size=batch_size, resolution=resolution, max_steps=max_steps, lr=lr)
+    train_run(cfg, resume=not no_resume, max_time=max_time, log=Console().note)
+
+
+@app.command()
+def upcycle(
+    source: Annotated[str, typer.Argument(help="Dense model: our folder, a Meta DiT .pt or a diffusers DiT folder.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the MoE model (must not exist or be empty).")],
+    experts: Annotated[int, typer.Option("--experts", help="Number of experts.")] = 8,
+    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
+    official: Annotated[bool, typer.Option(
+        "--official", help="Do not renormalise the top-k weights (the released checkpoint's layout).")] = False,
+    router_std: Annotated[float, typer.Option("--router-std", help="Std of the router's initial weights (0 = zeros).")] = 0.0,
+) -> None:
+    """Dense -> mixture of experts: every expert starts as a copy of the dense MLP."""
+    from percept_cli.console import Console
+    from percept_cli.models.surgery import load_pretrained_dit, save_surgery, upcycle as do_upcycle
+
+    if experts < 2 or not 1 <= top_k <= experts:
+        raise UsageError(f"--experts must be at least 2 and --top-k in 1..experts, got {experts} and {top_k}")
+    model = do_upcycle(load_pretrained_dit(source), experts, top_k, norm_topk_prob=not official, router_std=router_std)
+    folder = save_surgery(model, out, source=source)
+    Console().note(f"wrote {folder} ({experts} experts, top-{top_k}{', not renormalised' if official else ''})")
+
+
+@app.command("eval")
+def eval_(
+    data: Annotated[Optional[list[Path]], typer.Argument(
+        help="Real dataset folders (Hypersim, FlyingChairs, pix2gestalt layouts); none = synthetic scenes.")] = None,
+    model: ModelOpt = None,
+    task: Annotated[str, typer.Option("--task", help="depth, flow, amodal or all (synthetic scenes).")] = "all",
+    synthetic: Annotated[int, typer.Option("--synthetic", help="Held-out rendered scenes per task.")] = 100,
+    size: Annotated[int, typer.Option("--size", help="Rendered scene size in pixels.")] = 128,
+    steps: StepsOpt = None,
+    ensemble: EnsembleOpt = None,
+    schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0,
+    resolution: ResolutionOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    json_out: JsonOpt = False,
+) -> None:
+    """Depth AbsRel/delta1 (scale-and-shift fit), flow EPE and amodal IoU, with baselines beside."""
+    import json
+
+    from percept_cli.console import Console, print_eval_table
+    from percept_cli.evaluate import evaluate, real_set, synthetic_set
+    from percept_cli.hub import default_model_name, resolve_model
+    from percept_cli.pipeline import Predictor
+
+    if task not in ("depth", "flow", "amodal", "all"):
+        raise UsageError(f"--task must be depth, flow, amodal or all, got {task!r}")
+    if synthetic < 1:
+        raise UsageError(f"--synthetic must be at least 1, got {synthetic}")
+    if data:
+        sets = [(str(d), *real_set(d)) for d in data]
+    else:
+        names = ("depth", "flow", "amodal") if task == "all" else (task,)
+        sets = [(f"synthetic ({synthetic} held-out scenes)", t, synthetic_set(t, synthetic, size)) for t in names]
+    name = model or default_model_name()
+    predictor = Predictor.from_source(resolve_model(name), device=device, dtype=dtype, warn=Console().warn)
+    settings = dict(steps=steps, ensemble=ensemble, schedule=schedule, seed=seed, resolution=resolution, batch_size=batch_size)
+    for label, t, samples in sets:
+        res = evaluate(predictor, t, samples, **settings)
+        res.update(model=name, data=label, scores=res.pop("model"))
+        if json_out:
+            typer.echo(json.dumps(res))
+        else:
+            print_eval_table(res)
 
 
 # ----------------------------------------------------------------------------------------- entry point

@@ -98,3 +98,20 @@ class Tracker:
         else:
             self.bar.reset(self._steps, total=total_rows)
         return lambda rows: self.bar.advance(self._steps, rows)
+
+
+def print_eval_table(res: dict[str, Any]) -> None:
+    """A results table on stdout: the model's mean metrics with each baseline beside it."""
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+
+    rows = {"model": res["scores"], **res.get("baselines", {})}
+    keys = list(res["scores"])
+    table = Table(title=f"{res['task']} on {res['data']}: {res['count']} samples, model {res['model']}, "
+                        f"{res['settings']['steps']} steps x {res['settings']['ensemble']} members")
+    table.add_column("predictor")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, scores in rows.items():
+        table.add_row(name, *(f"{scores[k]:.4f}" for k in keys))
+    RichConsole().print(table)

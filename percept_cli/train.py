@@ -133,7 +133,12 @@ class Trainer:
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.seed)
         if cfg.init:
-            self.model = PerceptDiT.from_pretrained(cfg.init)
+            from percept_cli.models.surgery import load_pretrained_dit, perception_from_generative
+
+            self.model = load_pretrained_dit(cfg.init)
+            if cfg.stage == "perception" and self.model.config.cond_channels == 0:
+                # a generative pre-trained model: widen conv_in for [rgb, prompt] and add task rows
+                self.model = perception_from_generative(self.model)
         else:
             self.model = PerceptDiT(**cfg.model_config())
         self.model.to(self.device).train()
