@@ -253,7 +253,7 @@ class Trainer:
         self.step += 1
         rec: dict[str, Any] = dict(step=self.step, loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
         if self.model.config.num_experts:
-            rec["balance"] = float(balance)
+            rec["balance"] = float(balance.detach())
         losses = per_sample.detach().cpu().numpy()
         for kind in set(kinds):
             rec[f"loss_{kind}"] = float(np.mean([l for l, k in zip(losses, kinds) if k == kind]))
