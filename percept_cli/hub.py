@@ -622,8 +622,13 @@ def _fetch_entry(entry: LockEntry, *, download: bool, progress: bool, force: boo
         return _builtin(entry, trust_cache=trust_cache)
     if not follow_main and not entry.pinned:
         loose = ", ".join(f.path for f in entry.files if not f.pinned)
-        raise ModelError(f"model '{entry.name}' is unpinned in weights.lock ({loose}: no commit, size or sha256): "
-                         f"run `percept models pull {entry.name}`, then `percept models lock {entry.name}`")
+        # Say "not cached" first when nothing is here: that is what a user without network must fix.
+        cached = any(f.revision and cached_file(f) for f in entry.files)
+        status = "is not cached and" if not cached else "is"
+        raise ModelNotCachedError(
+            f"model '{entry.name}' {status} unpinned in weights.lock ({loose}: no commit, size or sha256): "
+            f"run `percept models pull {entry.name}` then `percept models lock {entry.name}` on a networked "
+            "machine, or use --model tiny")
     files = list(entry.files)
     if follow_main and not all(f.revision for f in files):
         files = _follow_main(entry, files, progress=progress)

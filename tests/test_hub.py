@@ -227,9 +227,23 @@ def test_not_cached_without_download(official: Official) -> None:
 
 def test_unpinned_entry_is_refused_for_loading(official: Official) -> None:
     official.lock.write_text(lock_text("generalist", official_files(official.data, official.commits, pinned=False)))
-    with pytest.raises(ModelError, match=r"unpinned.*`percept models pull generalist`, then `percept models lock"):
+    with pytest.raises(ModelNotCachedError, match=r"'generalist' is not cached and unpinned.*`percept models pull "
+                       r"generalist` then `percept models lock generalist`.*--model tiny"):
         H.resolve_model("generalist")
     assert official.hub.requests == []
+
+
+def test_offline_generalist_from_the_repo_lock_fails_fast(monkeypatch, tmp_path) -> None:
+    """The shipped weights.lock, offline, empty cache: exit-1 error naming the model, within seconds."""
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("PERCEPT_WEIGHTS_LOCK", raising=False)
+    start = time.monotonic()
+    with pytest.raises(ModelNotCachedError, match=r"'generalist' is not cached.*percept models pull generalist.*--model tiny") as err:
+        H.resolve_model("generalist")
+    assert time.monotonic() - start < 3 and err.value.exit_code == 1
 
 
 def test_pull_follows_main_then_lock_pins_the_repo_lock_format(official: Official, tmp_path: Path,
