@@ -169,3 +169,35 @@ def save_percept(folder: Path, model, scheduler_config: dict[str, Any], config: 
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
     (folder / "percept.json").write_text(json.dumps({**config, "layout": "percept"}, indent=2) + "\n")
     return folder
+
+
+def export_percept(src: Path, dst: Path, dtype: str = "fp16") -> Path:
+    """Copy a model folder of our layout with its weights cast (fp16 halves the size; loads back as fp32)."""
+    import json
+    import shutil
+
+    import torch
+
+    from percept_cli.errors import OutputError, UsageError
+    from percept_cli.models.dit import PerceptDiT
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise UsageError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    src, dst = Path(src), Path(dst)
+    model = PerceptDiT.from_pretrained(str(src))
+    config = _read_json(src / "percept.json")
+    sched = _read_json(src / "scheduler" / "scheduler_config.json")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_percept(tmp, model, sched, config, dtype=dtypes[dtype])
+        if (src / "vae").is_dir():
+            shutil.copytree(src / "vae", tmp / "vae")
+        if dst.exists():
+            shutil.rmtree(dst)
+        tmp.rename(dst)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write '{dst}': {exc.strerror or exc}; choose a writable folder") from None
+    return dst

@@ -224,6 +224,21 @@ def upcycle(
     Console().note(f"wrote {folder} ({experts} experts, top-{top_k}{', not renormalised' if official else ''})")
 
 
+@app.command()
+def export(
+    source: Annotated[Path, typer.Argument(help="A model folder in our layout, e.g. RUN/checkpoint-last.")],
+    out: Annotated[Path, typer.Argument(help="Destination folder (replaced if it exists).")],
+    dtype: Annotated[str, typer.Option("--dtype", help="fp16, bf16 or fp32 weights on disk.")] = "fp16",
+) -> None:
+    """Copy a trained model without its training state, weights cast (fp16 halves the size)."""
+    from percept_cli.checkpoints import export_percept
+    from percept_cli.console import Console
+
+    if not (source / "config.json").is_file():
+        raise UsageError(f"'{source}' is not a model folder (no config.json); give e.g. RUN/checkpoint-last")
+    Console().note(f"wrote {export_percept(source, out, dtype)}")
+
+
 @app.command("eval")
 def eval_(
     data: Annotated[Optional[list[Path]], typer.Argument(

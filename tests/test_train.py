@@ -154,3 +154,21 @@ def test_cli_train_upcycle_eval(tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout.strip().splitlines()[-1])
     assert rec["task"] == "depth" and set(rec["scores"]) == {"abs_rel", "delta1"} and "ramp (bottom = near)" in rec["baselines"]
+
+
+def test_export_fp16_round_trip(tmp_path):
+    from typer.testing import CliRunner
+
+    from percept_cli.cli import app
+    from percept_cli.models.dit import PerceptDiT
+
+    trainer = run(TrainConfig(out=str(tmp_path / "run"), max_steps=1, **TINY), log=lambda m: None)
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "checkpoint-last"), str(tmp_path / "tiny")])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "tiny" / "train_state.pt").exists() and (tmp_path / "tiny" / "percept.json").exists()
+    loaded = PerceptDiT.from_pretrained(tmp_path / "tiny")
+    for (name, a), b in zip(trainer.ema.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a.half().float(), b, atol=0, rtol=0, msg=name)
+    res = CliRunner().invoke(app, ["export", str(tmp_path), str(tmp_path / "x")])
+    assert res.exit_code != 0
