@@ -239,6 +239,28 @@ def export(
     Console().note(f"wrote {export_percept(source, out, dtype)}")
 
 
+@app.command(no_args_is_help=True)
+def scaling(
+    config: Annotated[Path, typer.Argument(help="Study TOML, e.g. configs/scaling-cpu.toml.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", show_default=False,
+        help="Study folder: runs, checkpoints, sweep points. [default: the config's study.out]")] = None,
+    docs: Annotated[Optional[Path], typer.Option(
+        "--docs", show_default=False,
+        help="Folder for results.json, README.md and plots. [default: the config's study.docs]")] = None,
+    only: Annotated[Optional[str], typer.Option(
+        "--only", show_default=False, help="Run one stage: train, sweep or report. [default: all three]")] = None,
+    max_time: Annotated[Optional[float], typer.Option(
+        "--max-time", show_default=False, help="Stop training and sweeps after this many seconds; re-run to resume.")] = None,
+) -> None:
+    """Scaling study: train a DiT family, sweep test-time compute, fit power laws, write the report."""
+    from percept_cli import scaling as study
+    from percept_cli.console import Console
+
+    readme = study.run_all(config, out_dir=out, docs_dir=docs, stage=only, max_time=max_time, log=Console().note)
+    typer.echo(str(readme))
+
+
 @app.command("eval")
 def eval_(
     data: Annotated[Optional[list[Path]], typer.Argument(
