@@ -94,6 +94,15 @@ def pick_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def maybe_compile(model: torch.nn.Module, enabled: bool = False) -> Callable[..., torch.Tensor]:
+    """torch.compile(model) when enabled (a GPU speed-up; the first call compiles, minutes), else the model.
+
+    The compiled wrapper shares the model's weights, so results match the eager model within
+    float tolerance. dynamic=None: a different last-batch size recompiles once with dynamic shapes.
+    """
+    return torch.compile(model, dynamic=None) if enabled else model
+
+
 def _resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
     """Resize an (H, W[, C]) array; area for shrinking, linear for growing."""
     h, w = size_hw
@@ -119,10 +128,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         dtype: str = "fp32",
         warn: Callable[[str], None] | None = None,
+        compile: bool = False,
     ):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = pick_dtype(dtype)
         self.model = model.eval().requires_grad_(False).to(self.device)
+        self.compiled = bool(compile)
+        self.denoiser = maybe_compile(self.model, self.compiled)  # what the sampler calls
         self.autoencoder = autoencoder.to(self.device)
         self.scheduler_config = dict(scheduler_config)
         self.config = dict(config or {})
@@ -134,12 +146,14 @@ class Predictor:
         self.tasks = tuple(self.config.get("tasks", tuple(T.TASKS)))
 
     @classmethod
-    def from_source(cls, source: ModelSource, device: str = "auto", dtype: str = "fp32", warn=None) -> "Predictor":
+    def from_source(
+        cls, source: ModelSource, device: str = "auto", dtype: str = "fp32", warn=None, compile: bool = False
+    ) -> "Predictor":
         """Load a resolved model (our folder or the official layout)."""
         from percept_cli.checkpoints import load_source
 
         model, autoencoder, sched, config = load_source(source)
-        return cls(model, autoencoder, sched, config, device=device, dtype=dtype, warn=warn)
+        return cls(model, autoencoder, sched, config, device=device, dtype=dtype, warn=warn, compile=compile)
 
     # -- settings ---------------------------------------------------------------------------------
 
@@ -261,7 +275,7 @@ class Predictor:
             labels = torch.tensor([spec.labels[li] for _, li, _ in chunk], device=self.device)
             # 5. DDIM
             step_cb = (lambda s, out: on_step(len(chunk))) if on_step else None
-            z = ddim_sample(self.model, cond, z0, labels, scheduler, settings.steps, autocast_dtype=autocast, on_step=step_cb)
+            z = ddim_sample(self.denoiser, cond, z0, labels, scheduler, settings.steps, autocast_dtype=autocast, on_step=step_cb)
             # 6. decode
             images = self.autoencoder.decode(z).cpu().numpy()  # (B, 3, H, W)
             for (i, _, _), img in zip(chunk, images):

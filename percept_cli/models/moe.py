@@ -35,6 +35,9 @@ class MoE(nn.Module):
         self.gate = nn.Linear(dim, num_experts, bias=False)
         self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
 
+    # Under torch.compile the per-expert token counts are data: tracing would specialise on them and
+    # recompile on every new routing, so the MoE stays eager and the rest of the block compiles.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (M, D) tokens
@@ -51,12 +54,16 @@ class MoE(nn.Module):
         order = flat_idx.argsort(stable=True)
         token_of = order // self.top_k  # (M*k,) source token of each sorted pair
         counts = torch.bincount(flat_idx, minlength=self.num_experts).tolist()
-        routed = x.index_select(0, token_of)  # (M*k, D)
-        outs = []
-        for e, chunk in zip(range(self.num_experts), routed.split(counts)):
-            if chunk.shape[0]:
-                outs.append(self.experts[e](chunk))
-        expert_out = torch.cat(outs) * weights.reshape(-1)[order, None]  # (M*k, D)
+        # Gather in the dtype the experts compute in (the gate's output dtype: bf16 under autocast),
+        # so the copy moves half the bytes and no expert re-casts its slice; same values either way.
+        routed = x.to(logits.dtype).index_select(0, token_of)  # (M*k, D)
+        expert_out = x.new_empty(routed.shape)  # (M*k, D) in x's dtype; each expert writes its slice
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                expert_out[start : start + n] = self.experts[e](routed[start : start + n])
+            start += n
+        expert_out.mul_(weights.reshape(-1)[order, None])  # same-dtype, in place
         out = torch.zeros_like(x).index_add_(0, token_of, expert_out)  # (M, D)
         return out.reshape(shape), logits
 

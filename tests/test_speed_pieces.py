@@ -1,0 +1,120 @@
+"""Speed pieces, for correctness only (no timings): the prefetcher, the compile flag, the benchmark's reference."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from percept_cli.autoencoder import PixelSpace
+from percept_cli.pipeline import Predictor, TaskInput, maybe_compile
+from percept_cli.prefetch import prefetch
+from percept_cli.schedules import SD2_SCHEDULER
+from tests.helpers import tiny_dit
+
+
+def job(value, delay=0.0, log=None):
+    def run():
+        if log is not None:
+            log.append(("start", value))
+        time.sleep(delay)
+        return value
+    return run
+
+
+@pytest.mark.parametrize("workers,depth", [(1, 1), (2, 4), (4, 2)])
+def test_prefetch_keeps_input_order(workers, depth):
+    delays = [0.03, 0.0, 0.02, 0.0, 0.01, 0.0, 0.0]  # later jobs finish first
+    assert list(prefetch((job(i, d) for i, d in enumerate(delays)), workers=workers, depth=depth)) == list(range(7))
+
+
+def test_prefetch_bounds_jobs_in_flight():
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def tracked(i):
+        def run():
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.005)
+            with lock:
+                state["now"] -= 1
+            return i
+        return run
+
+    started = []
+    def jobs():
+        for i in range(20):
+            started.append(i)
+            yield tracked(i)
+
+    it = prefetch(jobs(), workers=4, depth=3)
+    assert next(it) == 0
+    assert len(started) <= 4  # the window (3) plus the one topped up after the first result
+    assert list(it) == list(range(1, 20))
+    assert state["most"] <= 3
+
+
+def test_prefetch_raises_at_the_failing_item():
+    def boom():
+        raise ValueError("cannot decode b.png")
+
+    it = prefetch([job(0), boom, job(2)], workers=2, depth=3)
+    assert next(it) == 0
+    with pytest.raises(ValueError, match="b.png"):
+        next(it)
+
+
+def test_prefetch_close_early_stops_taking_jobs():
+    log = []
+    it = prefetch((job(i, 0.001, log) for i in range(100)), workers=2, depth=2)
+    assert next(it) == 0
+    it.close()
+    assert len([e for e in log if e[0] == "start"]) <= 3
+
+
+@pytest.mark.parametrize("kw,match", [(dict(workers=0), "workers"), (dict(depth=0), "depth")])
+def test_prefetch_rejects_bad_sizes(kw, match):
+    with pytest.raises(ValueError, match=match):
+        list(prefetch([job(1)], **kw))
+
+
+def test_prefetch_pin_is_a_no_op_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("pins for real on a CUDA machine")
+    t = torch.ones(3)
+    (got,) = prefetch([lambda: (t, {"x": t})], pin=True)
+    assert got[0] is t and got[1]["x"] is t
+
+
+def test_compile_is_off_by_default():
+    model = tiny_dit()
+    pred = Predictor(model, PixelSpace(), SD2_SCHEDULER, dict(resolution=32), device="cpu")
+    assert pred.compiled is False and pred.denoiser is pred.model
+    assert maybe_compile(model) is model
+
+
+def test_compile_flag_wraps_the_same_weights():
+    model = tiny_dit()
+    compiled = maybe_compile(model, True)  # lazy: nothing compiles until the first call
+    assert compiled is not model and compiled._orig_mod is model
+
+
+def test_benchmark_reference_matches_batched_predictor():
+    """benchmarks/speed.py's official procedure agrees with the batched Predictor in fp32."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    pred = Predictor(tiny_dit(num_experts=4), PixelSpace(), SD2_SCHEDULER,
+                     dict(resolution=32, tasks=["depth", "flow"], flow_scale=[8.0, 8.0]), device="cpu")
+    rng = np.random.default_rng(0)
+    item = TaskInput(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), rng.integers(0, 256, (40, 52, 3), dtype=np.uint8))
+    settings = pred.settings("flow", steps=3, ensemble=2, batch_size=4, seed=5)
+    want = speed.official_reference(pred, "flow", item, settings)
+    (got,) = pred.predict("flow", [item], settings)
+    assert speed.max_abs_diff(got, want) <= speed.TOLERANCE["flow"]
