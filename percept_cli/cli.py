@@ -58,6 +58,8 @@ ReductionOpt = Annotated[Optional[str], typer.Option(
 DeviceOpt = Annotated[str, typer.Option(
     "--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps (torchrun: cuda:LOCAL_RANK).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", rich_help_panel=_MODEL, help="fp32, bf16 or fp16.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", rich_help_panel=_MODEL, help="torch.compile the model (GPU speed-up; the first batch compiles).")]
 OutputOpt = Annotated[Path, typer.Option(
     "--output", "-o", rich_help_panel=_OUT, help="Output folder; folder inputs mirror their sub-folders in it.")]
 FormatOpt = Annotated[Optional[str], typer.Option(
@@ -103,7 +105,7 @@ def depth(
         show_default=False, help="Images, folders, glob patterns, videos, or '-' to read paths from stdin.")],
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
@@ -123,7 +125,7 @@ def flow(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
@@ -146,7 +148,7 @@ def amodal(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,

@@ -58,6 +58,7 @@ class Options:
     device: str = "auto"
     dtype: str = "fp32"
     reduction: str | None = None
+    compile: bool = False  # torch.compile the denoiser (GPUs)
     output: Path = Path("percept-out")
     format: str | None = None  # comma list; None = every format of the task
     overwrite: bool = False
@@ -325,7 +326,8 @@ class _Run:
         device = pick_device(device_for_rank(self.opts.device.lower(), self.local_rank, self.world))
         source = resolve_model(self.model, progress=not self.opts.quiet)
         self.console.note(f"loading model '{self.model}' on {device}")
-        self.predictor = Predictor.from_source(source, device=device, dtype=self.opts.dtype, warn=self.console.warn)
+        self.predictor = Predictor.from_source(source, device=device, dtype=self.opts.dtype, warn=self.console.warn,
+                                               compile=self.opts.compile)
         o = self.opts
         self.settings = self.predictor.settings(self.task, steps=o.steps, ensemble=o.ensemble, schedule=o.schedule,
                                                 seed=o.seed, resolution=o.resolution, batch_size=o.batch_size,
@@ -335,20 +337,30 @@ class _Run:
     # -- decoding ---------------------------------------------------------------------------------
 
     def stream(self, plan: list[tuple[Source, bool]]) -> Iterator[Job | VideoEnd]:
-        """Jobs in input order, decoded lazily; a video's frames are decoded as they are needed."""
-        for src, done in plan:
-            if done:
-                outs = [self.mp4(src)] if src.video else self.outputs(src.rel, (self.opts.ensemble or 1) > 1)
-                yield Job(src, src.rel, status="skipped", outputs=outs)
-                continue
-            if not src.video:
+        """Jobs in input order; images decode ahead on worker threads (prefetch), videos lazily here."""
+        from percept_cli.prefetch import prefetch
+
+        def job_for(src: Source, done: bool):
+            """A callable run on a worker thread: the image's Job, or the video source to expand here."""
+            def decode() -> Job | Source:
+                if done:
+                    outs = [self.mp4(src)] if src.video else self.outputs(src.rel, (self.opts.ensemble or 1) > 1)
+                    return Job(src, src.rel, status="skipped", outputs=outs)
+                if src.video:
+                    return src
                 job = Job(src, src.rel)
                 try:
                     job.item = load_input(self.task, src)
                 except InputError as e:
                     job.status, job.error = "failed", str(e)
-                yield job
+                return job
+            return decode
+
+        for got in prefetch((job_for(src, done) for src, done in plan), workers=2, depth=8):
+            if isinstance(got, Job):
+                yield got
                 continue
+            src = got
             try:
                 info = media.video_info(src.paths[0])
                 fps = (info.fps or VIDEO_FPS) / self.opts.every
