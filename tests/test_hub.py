@@ -6,6 +6,7 @@ import os
 import time
 import types
 from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,8 @@ def test_repo_weights_lock_parses_and_is_packaged() -> None:
     vae = gen.file("vae_weights")
     assert vae.sha256 == "a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815"
     assert vae.size == 334643276 and vae.revision == ""
-    assert tiny.builtin and tiny.files == () and tiny.folder == "assets/tiny"
+    assert tiny.builtin and tiny.pinned and tiny.folder == "assets/tiny" and tiny.parameters > 0
+    assert {f.role for f in tiny.files} == {"config", "weights", "percept_config", "scheduler_config"}
     assert (REPO_ROOT / "percept_cli" / "weights.lock").resolve() == (REPO_ROOT / "weights.lock").resolve()
 
 
@@ -356,8 +358,9 @@ def make_percept_folder(folder: Path) -> None:
 def test_builtin_lock_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(H, "PACKAGE_DIR", tmp_path / "pkg")
     monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "pc"))
-    lock = tmp_path / "weights.lock"  # a copy of the repository's lock, where tiny lists no files yet
-    text = (REPO_ROOT / "weights.lock").read_text()
+    lock = tmp_path / "weights.lock"  # a copy of the repository's lock with tiny's files taken out
+    text = re.sub(r"\[\[models\.tiny\.files\]\]\n(?:\w[^\n]*\n)*\n?", "", (REPO_ROOT / "weights.lock").read_text())
+    assert "[[models.tiny.files]]" not in text
     lock.write_text(text)
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(lock))
     with pytest.raises(ModelError, match="lists no files.*`percept models lock tiny`"):
@@ -376,6 +379,15 @@ def test_builtin_lock_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         H.resolve_model("tiny")
     H.lock_model("tiny")  # re-lock after retraining on purpose
     assert H.resolve_model("tiny").root == src.root
+
+
+def test_shipped_tiny_verifies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The repository's lock pins the packaged tiny model: its files hash to what the lock says."""
+    monkeypatch.delenv("PERCEPT_WEIGHTS_LOCK", raising=False)
+    monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "pc"))
+    src = H.resolve_model("tiny")
+    assert src.layout == "percept" and (src.root / "diffusion_pytorch_model.safetensors").is_file()
+    assert all(c.status == "ok" for c in H.verify_models("tiny")["tiny"])
 
 
 # --- local folders and hf:// ---------------------------------------------------------------------
