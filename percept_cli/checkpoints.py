@@ -173,7 +173,6 @@ def save_percept(folder: Path, model, scheduler_config: dict[str, Any], config: 
 
 def export_percept(src: Path, dst: Path, dtype: str = "fp16") -> Path:
     """Copy a model folder of our layout with its weights cast (fp16 halves the size; loads back as fp32)."""
-    import json
     import shutil
 
     import torch

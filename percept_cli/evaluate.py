@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from percept_cli import baselines, metrics
 from percept_cli.pipeline import Predictor, TaskInput

@@ -10,9 +10,7 @@ The data path, as numbered steps in `Predictor.predict_iter`:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import cv2
@@ -22,9 +20,10 @@ import torch
 from percept_cli import tasks as T
 from percept_cli.autoencoder import VAE, PixelSpace
 from percept_cli.checkpoints import ModelSource
+from percept_cli.ensemble import amodal_soft
 from percept_cli.errors import InputError, UsageError
 from percept_cli.sampler import ddim_sample, initial_noise
-from percept_cli.schedules import SD2_SCHEDULER, check_steps, make_scheduler, parse_schedule, schedule_warning
+from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, schedule_warning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
@@ -318,8 +317,6 @@ class Predictor:
             return FlowResult(flow.astype(np.float32), unc)
         red = T.REDUCERS[task](values, threshold=float(self.config.get("amodal_threshold", 240.0)))
         image = _resize(red.image, (h, w))
-        from percept_cli.ensemble import amodal_soft
-
         soft = amodal_soft(image, float(self.config.get("amodal_threshold", 240.0)))
         unc = None if red.uncertainty is None else _resize(red.uncertainty, (h, w))
         rgb = np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -28,6 +28,7 @@ import numpy as np
 
 from percept_cli import media, writers
 from percept_cli.console import Console
+from percept_cli.tasks import get_task  # numpy only: no torch at planning time
 from percept_cli.errors import InputError, OutputError, UsageError
 
 TASKS = ("depth", "flow", "amodal")
@@ -36,7 +37,6 @@ REDUCTIONS = ("mean", "median")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CHUNK = 32  # inputs decoded and predicted together: bounded memory, full batches
 VIDEO_FPS = 10.0  # for the .mp4 when the container does not say
-_LABELS = {"depth": 1, "flow": 2, "amodal": 1}  # sampling runs per input (flow: u and v)
 _OUTPUTS = {"depth": writers.depth_outputs, "flow": writers.flow_outputs, "amodal": writers.amodal_outputs}
 
 
@@ -315,7 +315,7 @@ class _Run:
         """Inputs per predict_iter call: at least CHUNK, and enough rows to fill one batch."""
         if self.settings is None:
             return CHUNK
-        return max(CHUNK, math.ceil(self.settings.batch_size / (_LABELS[self.task] * self.settings.ensemble)))
+        return max(CHUNK, math.ceil(self.settings.batch_size / (len(get_task(self.task).labels) * self.settings.ensemble)))
 
     def load(self) -> None:
         """Resolve and load the model, then resolve settings (flag > checkpoint default > built-in)."""
@@ -420,7 +420,7 @@ class _Run:
                     job.status, job.error, job.item = "failed", str(e), None
         if pending:
             s = self.settings
-            rows = len(pending) * _LABELS[self.task] * s.ensemble * s.steps
+            rows = len(pending) * len(get_task(self.task).labels) * s.ensemble * s.steps
             t0 = time.perf_counter()
             items = [j.item for j in pending]
             for i, result in self.predictor.predict_iter(self.task, items, s, on_step=tracker.steps(rows)):

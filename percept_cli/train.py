@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -168,8 +169,6 @@ class Trainer:
         folder = self.out / f"checkpoint-{name}"
         tmp = self.out / f".checkpoint-{name}.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         save_percept(tmp, self.ema, self.cfg.scheduler_config(), self.cfg.pipeline_config())
         state = dict(
@@ -179,8 +178,6 @@ class Trainer:
         )
         torch.save(state, tmp / "train_state.pt")
         if folder.exists():
-            import shutil
-
             old = self.out / f".checkpoint-{name}.old"
             if old.exists():
                 shutil.rmtree(old)

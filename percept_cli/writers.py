@@ -383,6 +383,14 @@ def depth_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], un
     return list(_plan("depth", stem, formats, uncertainty).values())
 
 
+def _uncertainty_writers(uncertainty: np.ndarray | None) -> dict[str, Callable[[Path], object]]:
+    """The two uncertainty files every task writes beside its outputs."""
+    return {
+        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
+        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+    }
+
+
 def write_depth(
     stem: str | os.PathLike[str],
     depth: np.ndarray,
@@ -400,8 +408,7 @@ def write_depth(
         "npy": lambda p: write_npy(p, depth),
         "png16": lambda p: write_png16(p, depth),
         "color": lambda p: write_png8(p, colorize_depth(depth)),
-        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
-        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+        **_uncertainty_writers(uncertainty),
     }
     return _write_plan(plan, writers, overwrite)
 
@@ -426,8 +433,7 @@ def write_flow(
         "flo": lambda p: write_flo(p, flow),
         "png": lambda p: write_png8(p, flow_to_color(flow)),
         "npy": lambda p: write_npy(p, flow),
-        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
-        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+        **_uncertainty_writers(uncertainty),
     }
     return _write_plan(plan, writers, overwrite)
 
@@ -461,8 +467,7 @@ def write_amodal(
         "png": lambda p: write_png8(p, mask.astype(np.uint8) * 255),
         "npy": lambda p: write_npy(p, np.asarray(soft, np.float32)),
         "overlay": lambda p: write_png8(p, overlay_mask(np.asarray(image, np.uint8), mask)),
-        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
-        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
+        **_uncertainty_writers(uncertainty),
     }
     return _write_plan(plan, writers, overwrite)
 
