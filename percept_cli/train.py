@@ -39,6 +39,9 @@ class TrainConfig:
     num_experts: int = 0
     top_k: int = 2
     norm_topk_prob: bool = True
+    motion_channels: int = 0  # > 0: flow labels also see a correlation of their two frames (models/correlation.py)
+    motion_radius: int = 2
+    motion_levels: int = 3
     init: str | None = None  # start from a checkpoint folder in our layout (fine-tuning, upcycled models)
     # data
     stage: str = "perception"  # "perception" (tasks) or "generate" (image generation pre-training)
@@ -79,8 +82,10 @@ class TrainConfig:
             if getattr(self, key) is not None:
                 cfg[key] = getattr(self, key)
         grid = self.resolution // self.patch_size
+        motion = dict(motion_channels=self.motion_channels, motion_radius=self.motion_radius,
+                      motion_levels=self.motion_levels) if self.motion_channels else {}
         return dict(cfg, sample_size=grid, in_channels=3, cond_channels=6, top_k=self.top_k,
-                    norm_topk_prob=self.norm_topk_prob, num_labels=5, label_offset=1000, learn_sigma=False)
+                    norm_topk_prob=self.norm_topk_prob, num_labels=5, label_offset=1000, learn_sigma=False, **motion)
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(num_train_timesteps=1000, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type,
@@ -140,6 +145,10 @@ class Trainer:
             if cfg.stage == "perception" and self.model.config.cond_channels == 0:
                 # a generative pre-trained model: widen conv_in for [rgb, prompt] and add task rows
                 self.model = perception_from_generative(self.model)
+            if cfg.motion_channels and not self.model.config.get("motion_channels", 0):
+                from percept_cli.models.surgery import add_motion
+
+                self.model = add_motion(self.model, cfg.motion_channels, cfg.motion_radius, cfg.motion_levels, cfg.seed)
         else:
             self.model = PerceptDiT(**cfg.model_config())
         self.model.to(self.device).train()

@@ -172,3 +172,16 @@ def test_export_fp16_round_trip(tmp_path):
         torch.testing.assert_close(a.half().float(), b, atol=0, rtol=0, msg=name)
     res = CliRunner().invoke(app, ["export", str(tmp_path), str(tmp_path / "x")])
     assert res.exit_code != 0
+
+
+def test_motion_encoder_from_scratch_and_added_to_an_init(tmp_path):
+    """motion_channels builds the encoder from scratch, or adds it (zero-weighted) to an --init model."""
+    plain = run(TrainConfig(out=str(tmp_path / "plain"), max_steps=1, **TINY), log=lambda m: None)
+    scratch = run(TrainConfig(out=str(tmp_path / "scratch"), max_steps=1, motion_channels=4, **TINY), log=lambda m: None)
+    assert scratch.model.config.motion_channels == 4 and plain.model.config.motion_channels == 0
+    grown = Trainer(TrainConfig(out=str(tmp_path / "grown"), init=str(tmp_path / "plain" / "checkpoint-last"),
+                                motion_channels=4, **TINY))
+    w = grown.model.x_embedder.proj.weight  # (D, 9 + 4, p, p)
+    assert w.shape[1] == 13 and w[:, 9:].abs().max() == 0
+    grown.train_step()
+    assert grown.model.x_embedder.proj.weight[:, 9:].abs().max() > 0  # the new inputs learn

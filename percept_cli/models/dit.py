@@ -17,6 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from percept_cli.models.correlation import MotionEncoder
 from percept_cli.models.moe import MoE, Mlp
 
 
@@ -184,10 +185,16 @@ class PerceptDiT(ModelMixin, ConfigMixin):
         label_offset: int = 1000,
         routed_labels: tuple[int, ...] = (),  # one input conv per label (official) or () = shared conv
         learn_sigma: bool = True,
+        motion_channels: int = 0,  # > 0: flow labels also see a correlation of their two frames (percept's option)
+        motion_radius: int = 2,
+        motion_levels: int = 3,
+        motion_labels: tuple[int, ...] = (1002, 1003),
     ):
         super().__init__()
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
-        self.x_embedder = PatchEmbed(in_channels + cond_channels, hidden_size, patch_size, tuple(routed_labels))
+        self.motion = MotionEncoder(motion_channels, motion_radius, motion_levels) if motion_channels else None
+        in_all = in_channels + cond_channels + motion_channels
+        self.x_embedder = PatchEmbed(in_all, hidden_size, patch_size, tuple(routed_labels))
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_labels, hidden_size, label_offset)
         # Saved with the weights (the official file stores its table); rebuilt for other grids.
@@ -237,12 +244,23 @@ class PerceptDiT(ModelMixin, ConfigMixin):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, grid_h * p, grid_w * p)  # (N, C, H, W)
 
+    def motion_features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N, motion_channels, H, W): motion features of the two condition frames for flow labels, else 0."""
+        sel = torch.isin(y, torch.tensor(self.config.motion_labels, device=y.device)).nonzero().squeeze(1)
+        out = x.new_zeros((x.shape[0], self.config.motion_channels) + x.shape[-2:])
+        if sel.numel():
+            frames = x.index_select(0, sel)[:, : self.config.cond_channels]  # (n, 2C, H, W): frame 1, frame 2
+            out = out.index_copy(0, sel, self.motion(frames).to(out.dtype))
+        return out
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: bool = False):
         """x (N, cond+in, H, W), t (N,) DDPM timesteps, y (N,) labels -> (N, out_channels, H, W).
 
         With return_dict=True returns a DiTOutput that also carries each MoE block's router logits.
         """
         p = self.config.patch_size
+        if self.motion is not None:
+            x = torch.cat([x, self.motion_features(x, y)], 1)  # (N, cond+in+motion, H, W)
         grid_h, grid_w = x.shape[-2] // p, x.shape[-1] // p
         h = self.x_embedder(x, y) + self.position_table(grid_h, grid_w)  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
@@ -288,12 +306,12 @@ def forward_flops(config: dict, grid_h: int, grid_w: int) -> int:
 
     Counts the matmuls: patch embed, per block qkv (6TD^2), attention scores and values (4T^2D),
     output projection (2TD^2), MLP (4 T D F, times top_k for MoE) plus the router (2TDE), adaLN
-    (12D^2 per block, 4D^2 final), the timestep MLP and the output linear. Norms and elementwise ops
-    are ignored (under 1% for these shapes).
+    (12D^2 per block, 4D^2 final), the timestep MLP and the output linear. Norms, elementwise ops and
+    the optional motion encoder's cost volume are ignored (under 1% for these shapes).
     """
     p, d = config["patch_size"], config["hidden_size"]
     t = (grid_h // p) * (grid_w // p)
-    cin = config["in_channels"] + config["cond_channels"]
+    cin = config["in_channels"] + config["cond_channels"] + config.get("motion_channels", 0)
     out_ch = config["in_channels"] * (2 if config.get("learn_sigma", True) else 1)
     f = int(d * config.get("mlp_ratio", 4.0))
     e, k = config.get("num_experts", 0), config.get("top_k", 2)

@@ -177,6 +177,30 @@ def widen_conv_in(model: PerceptDiT, slots: int, routed_labels: tuple[int, ...] 
     return build(new_cfg, state, "widened state dict")
 
 
+def add_motion(model: PerceptDiT, channels: int = 16, radius: int = 2, levels: int = 3, seed: int = 0) -> PerceptDiT:
+    """Give a perception model the motion encoder (models/correlation.py) for its flow labels.
+
+    The input conv gets `channels` more input channels with zero weights, so the result predicts
+    exactly what `model` did until training moves them; the encoder's 1x1 head starts random.
+    """
+    cfg = model_config(model)
+    if cfg.get("motion_channels", 0):
+        raise ModelError(f"model already has a motion encoder ({cfg['motion_channels']} channels)")
+    if cfg["cond_channels"] < 2 or cfg["cond_channels"] % 2:
+        raise ModelError(f"the motion encoder needs two condition frames; model has {cfg['cond_channels']} condition channels")
+    if channels < 1:
+        raise ModelError(f"motion channels must be >= 1, got {channels}")
+    new_cfg = dict(cfg, motion_channels=channels, motion_radius=radius, motion_levels=levels)
+    state = _fresh_state(model)
+    for key in [k for k in state if k.startswith("x_embedder.proj") and k.endswith("weight")]:
+        weight = state[key]  # (D, C, p, p)
+        state[key] = torch.cat([weight, weight.new_zeros((weight.shape[0], channels) + weight.shape[2:])], 1)
+    torch.manual_seed(seed)
+    head = PerceptDiT(**new_cfg).motion.head  # default conv init, on the CPU
+    state.update({f"motion.head.{k}": v.to(model.dtype) for k, v in head.state_dict().items()})
+    return build(new_cfg, state, "state dict with a motion encoder")
+
+
 # -- 3. task rows of the label table -------------------------------------------------------------
 
 

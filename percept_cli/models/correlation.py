@@ -1,0 +1,79 @@
+"""Motion features for flow: a local correlation of learned features of the two frames (PWC/RAFT style).
+
+A pixel-space DiT with patch 4 sees each 4x4 block of both frames through one linear projection, so
+a displacement of a pixel or two is hard to read from its tokens. This module gives the patch
+embedding, per pixel, how well frame 1 matches frame 2 at every offset within `radius` on a pyramid
+of `levels` (offsets up to radius * 2**(levels-1) pixels), compressed to a few channels. It is an
+option of percept's own models (off in the official layout) and is zeroed for labels other than flow.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """a, b (N, C, H, W) -> (N, (2r+1)^2, H, W): mean over C of a(x) * b(x + d), offsets d row-major.
+
+    Per row offset, one matmul scores every pixel of a row against the whole shifted row of b and
+    the band |dx| <= r is read off its diagonals: ~W/(2r+1) times the FLOPs of the band alone, but
+    matmuls run far faster than per-offset elementwise products on a CPU.
+    """
+    n, c, h, w = a.shape
+    k = 2 * radius + 1
+    rows_a = a.permute(0, 2, 3, 1)  # (N, H, W, C)
+    bp = F.pad(b, (radius,) * 4).permute(0, 2, 1, 3)  # (N, H+2r, C, W+2r)
+    costs = []
+    for dy in range(k):
+        scores = rows_a @ bp[:, dy : dy + h]  # (N, H, W, W+2r): pixel x against shifted pixel x'
+        sn, sh, sx, _ = scores.stride()
+        costs.append(scores.as_strided((n, h, w, k), (sn, sh, sx + 1, 1)))  # (N, H, W, k): [x, dx] = x' - x
+    return torch.cat(costs, -1).permute(0, 3, 1, 2) / c  # (N, k*k, H, W)
+
+
+def patch_descriptors(frames: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C*size^2, H, W): each pixel's size x size neighbourhood, zero-mean, unit norm.
+
+    Dot products of these are normalised cross-correlations of image patches: invariant to the
+    brightness and contrast of a patch, in [-1, 1].
+    """
+    n, c, h, w = frames.shape
+    padded = F.pad(frames, (size // 2,) * 4, mode="replicate")
+    # stacked shifted views (F.unfold's im2col is ~10x slower here on a CPU)
+    patches = torch.cat([padded[..., dy : dy + h, dx : dx + w] for dy in range(size) for dx in range(size)], 1)
+    patches = patches - patches.mean(1, keepdim=True)
+    return F.normalize(patches, dim=1, eps=1e-3)  # flat patches -> ~0 vectors, so their scores ~0
+
+
+class MotionEncoder(nn.Module):
+    """[frame 1, frame 2] (N, 2C, H, W) -> motion features (N, out_ch, H, W).
+
+    The cost volume is fixed (normalised cross-correlation of 3x3 patches over a pyramid), so it
+    costs no backward pass; a learned 1x1 conv compresses it for the patch embedding.
+    """
+
+    def __init__(self, out_ch: int, radius: int = 2, levels: int = 3):
+        super().__init__()
+        self.radius, self.levels = radius, levels
+        self.head = nn.Conv2d(levels * (2 * radius + 1) ** 2, out_ch, 1)  # cost volume -> out_ch
+
+    @torch.no_grad()
+    def cost_volume(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 2C, H, W) -> (N, levels*(2r+1)^2, H, W): frame 1 against frame 2 at every offset, per level."""
+        c = frames.shape[1] // 2
+        h, w = frames.shape[-2:]
+        # luma only: 9-dim descriptors match about as well as colour ones at a third of the cost
+        a, b = frames[:, :c].float().mean(1, keepdim=True), frames[:, c:].float().mean(1, keepdim=True)
+        costs = []
+        for level in range(self.levels):
+            cost = local_correlation(patch_descriptors(a), patch_descriptors(b), self.radius) * 9
+            costs.append(cost if level == 0 else F.interpolate(cost, size=(h, w), mode="bilinear", align_corners=False))
+            if level + 1 < self.levels:
+                a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        return torch.cat(costs, 1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        cost = self.cost_volume(frames)  # (N, levels*(2r+1)^2, H, W)
+        return self.head(cost.to(self.head.weight.dtype))  # (N, out_ch, H, W)
