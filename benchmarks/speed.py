@@ -20,6 +20,7 @@ Close other heavy jobs first: `cpu_share` says how much of the cores the timed r
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import importlib.util
 import json
@@ -38,7 +39,7 @@ from percept_cli import tasks as T
 from percept_cli.autoencoder import VAE, PixelSpace
 from percept_cli.models.dit import GENERALIST_CONFIG, PerceptDiT, dit_config, forward_flops
 from percept_cli.models.moe import MoE, Mlp
-from percept_cli.pipeline import Predictor, TaskInput, maybe_compile
+from percept_cli.pipeline import Predictor, TaskInput, cast_matmul_weights, maybe_compile
 from percept_cli.sampler import ddim_sample, initial_noise
 from percept_cli.schedules import SD2_SCHEDULER, make_scheduler
 
@@ -156,13 +157,16 @@ def bench_forward(cfg: dict[str, Any], quick: bool, materialize: bool, compile: 
             contenders[f"mm{n}_{dname}"] = (lambda a=a, b=b: a @ b, 2.0 * n**3)
     model = random_dit(cfg) if materialize else None
     if model is not None:
+        # as the Predictor runs them: bf16 with its matmul weights stored in bf16
+        models = {d: model if dtype == torch.float32 else cast_matmul_weights(copy.deepcopy(model), dtype)
+                  for d, dtype in DTYPES.items()}
         for batch in batches:
             x = torch.randn(batch, cfg["in_channels"] + cfg["cond_channels"], side, side)  # (B, cond+in, h, w)
             t, y = torch.full((batch,), 500), torch.full((batch,), 1000)  # DDPM step 500, the depth label
             for dname, dtype in DTYPES.items():
-                def fwd(x=x, t=t, y=y, dtype=dtype):
+                def fwd(x=x, t=t, y=y, dtype=dtype, m=models[dname]):
                     with autocast(dtype):
-                        return model(x, t, y)
+                        return m(x, t, y)
                 contenders[f"fwd{batch}_{dname}"] = (fwd, flops * batch)
     compiled: dict[str, Any] = {}
     if model is not None and compile:
@@ -253,8 +257,9 @@ def bench_pipeline(cfg: dict[str, Any], quick: bool, tasks: list[str], batch_siz
     steps, ensemble = (4, 8) if quick else (20, 8)
     vae = tiny_vae()
     res = cfg["sample_size"] * cfg["patch_size"] * vae.factor
-    model = random_dit(cfg)
-    preds = {d: Predictor(model, vae, SD2_SCHEDULER, dict(PIPELINE_CONFIG, resolution=res), device="cpu", dtype=d)
+    # A low-precision Predictor casts its model's matmul weights in place, so each gets its own copy
+    # (random_dit is seeded: the same weights).
+    preds = {d: Predictor(random_dit(cfg), vae, SD2_SCHEDULER, dict(PIPELINE_CONFIG, resolution=res), device="cpu", dtype=d)
              for d in DTYPES}
     rng = np.random.default_rng(0)
     out: dict[str, Any] = dict(autoencoder="tiny SD-layout VAE (factor 8, 4 latent channels, random weights)",
@@ -305,12 +310,17 @@ def bench_moe(cfg: dict[str, Any], quick: bool, tokens: int = 2048) -> dict[str,
     timer = Timer()
     contenders = {}
     for dname, dtype in DTYPES.items():
-        def run_moe(dtype=dtype):
+        # as the Predictor runs them: matmul weights stored in the compute dtype
+        m = moe if dtype == torch.float32 else cast_matmul_weights(copy.deepcopy(moe), dtype)
+        dn = dense if dtype == torch.float32 else cast_matmul_weights(copy.deepcopy(dense), dtype)
+
+        def run_moe(dtype=dtype, m=m):
             with autocast(dtype):
-                return moe(x)
-        def run_dense(dtype=dtype):
+                return m(x)
+
+        def run_dense(dtype=dtype, dn=dn):
             with autocast(dtype):
-                return dense(x)
+                return dn(x)
         contenders[f"moe_{dname}"], contenders[f"dense_{dname}"] = run_moe, run_dense
     with torch.inference_mode():
         counts = torch.bincount(moe.gate(x).topk(k, dim=-1).indices.reshape(-1), minlength=e)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from percept_cli.autoencoder import PixelSpace
-from percept_cli.pipeline import Predictor, TaskInput, maybe_compile
+from percept_cli.pipeline import Predictor, TaskInput, cast_matmul_weights, maybe_compile
 from percept_cli.prefetch import prefetch
 from percept_cli.schedules import SD2_SCHEDULER
 from tests.helpers import tiny_dit
@@ -118,3 +118,26 @@ def test_benchmark_reference_matches_batched_predictor():
     want = speed.official_reference(pred, "flow", item, settings)
     (got,) = pred.predict("flow", [item], settings)
     assert speed.max_abs_diff(got, want) <= speed.TOLERANCE["flow"]
+
+
+@pytest.mark.parametrize("experts,motion", [(0, 4), (4, 0)])
+def test_bf16_weights_stored_once_give_bitwise_the_autocast_result(experts, motion):
+    """The Predictor stores matmul weights in bf16; autocast would cast them per call to the same values."""
+    plain = tiny_dit(num_experts=experts, motion_channels=motion)
+    cast = cast_matmul_weights(tiny_dit(num_experts=experts, motion_channels=motion), torch.bfloat16)
+    assert cast.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert cast.t_embedder.mlp[0].weight.dtype == torch.bfloat16 and cast.pos_embed.dtype == torch.float32
+    x = torch.randn(4, 9, 32, 32)
+    t, y = torch.tensor([999, 700, 300, 1]), torch.tensor([1000, 1001, 1002, 1003])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(plain.requires_grad_(False)(x, t, y), cast.requires_grad_(False)(x, t, y))
+    pred = Predictor(tiny_dit(num_experts=experts), PixelSpace(), SD2_SCHEDULER, dict(resolution=32), device="cpu",
+                     dtype="bf16")
+    assert pred.model.final_layer.linear.weight.dtype == torch.bfloat16
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ref = Predictor(tiny_dit(num_experts=experts), PixelSpace(), SD2_SCHEDULER, dict(resolution=32), device="cpu",
+                    dtype="bf16")
+    ref.model.float()  # back to fp32 weights: plain autocast, as before the cast
+    out, want = (p.predict("depth", [TaskInput(img)], p.settings("depth", steps=2, ensemble=2, seed=0))[0].depth
+                 for p in (pred, ref))
+    assert out.shape == (32, 32) and np.array_equal(out, want)

@@ -11,10 +11,18 @@ import pytest
 import torch
 
 from percept_cli.errors import ModelError, OutputError
-from percept_cli.models.dit import PerceptDiT, sincos_pos_embed
+from percept_cli.models.dit import PerceptDiT
 from percept_cli.models.surgery import (
-    build, convert_diffusers_dit, convert_meta_dit, labels_from_table, load_pretrained_dit, model_config,
-    perception_from_generative, save_surgery, upcycle, widen_conv_in,
+    build,
+    convert_diffusers_dit,
+    convert_meta_dit,
+    labels_from_table,
+    load_pretrained_dit,
+    model_config,
+    perception_from_generative,
+    save_surgery,
+    upcycle,
+    widen_conv_in,
 )
 from tests.helpers import tiny_dit
 

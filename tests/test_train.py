@@ -5,13 +5,19 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from percept_cli.train import TrainConfig, Trainer, load_config, lr_at, multires_noise, run
+from percept_cli.train import (
+    TrainConfig,
+    Trainer,
+    load_config,
+    lr_at,
+    multires_noise,
+    run,
+)
 
 TINY = dict(hidden_size=64, depth=2, num_heads=2, patch_size=4, resolution=32, train_scenes=6, batch_size=4,
             log_every=2, ckpt_every=100, eval_every=0, warmup=2, autocast="fp32", threads=1)
