@@ -22,10 +22,10 @@ def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("norm", [True, False])
-def test_moe_dispatch_matches_token_loop(norm):
+@pytest.mark.parametrize("norm,k", [(True, 2), (False, 2), (True, 1), (False, 3)])
+def test_moe_dispatch_matches_token_loop(norm, k):
     torch.manual_seed(0)
-    moe = MoE(16, 32, num_experts=4, top_k=2, norm_topk_prob=norm)
+    moe = MoE(16, 32, num_experts=4, top_k=k, norm_topk_prob=norm)
     x = torch.randn(37, 16)
     got, logits = moe(x)
     assert logits.shape == (37, 4)
