@@ -170,6 +170,13 @@ def test_report_without_matplotlib(micro, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_report_keeps_the_hand_written_discussion(micro, tmp_path):
+    (tmp_path / "discussion.md").write_text("Our MoE lost to dense at this scale.\n")
+    text = scaling.write_report(micro["docs"] / "results.json", tmp_path, log=quiet).read_text()
+    assert "## Discussion" in text and "Our MoE lost to dense at this scale." in text
+    assert text.index("## Discussion") < text.index("### ")  # right after the verdict table
+
+
 @pytest.mark.parametrize("experts", [0, 4])
 def test_training_step_flops_match_torch_counter(experts):
     """3 x forward per sample against FlopCounterMode over one forward + backward (attention via the math kernel)."""
