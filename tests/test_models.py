@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from percept_cli.models.dit import PerceptDiT, dit_config, forward_flops, sincos_pos_embed
 from percept_cli.models.moe import MoE, load_balancing_loss
@@ -118,3 +119,33 @@ def test_presets():
     assert (cfg["depth"], cfg["hidden_size"], cfg["num_heads"]) == (28, 1152, 16)
     with pytest.raises(ValueError, match="unknown DiT size"):
         dit_config("XXL")
+
+
+def test_gelu_form_per_dtype_and_its_error_is_below_bf16_rounding():
+    from percept_cli.models.moe import gelu_approximation
+
+    x = torch.linspace(-8, 8, 100001)
+    assert gelu_approximation(x) == "tanh" and gelu_approximation(x.bfloat16()) == "none"
+    gap = (F.gelu(x, approximate="tanh") - F.gelu(x)).abs()
+    assert gap.max() < 5e-4
+    # the GELU's input is already bf16: it carries up to half a bf16 step (|x| * 2^-9) of rounding,
+    # at least 10x the swap's change wherever |x| > 0.5; below that the change is under 2e-5
+    small = x.abs() <= 0.5
+    assert gap[small].max() < 2e-5
+    assert (gap[~small] <= 0.1 * x[~small].abs() * 2.0**-9).all()
+
+
+def test_cpu_bf16_attention_path_matches_sdpa_accuracy():
+    from percept_cli.models.dit import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4).eval()
+    x = torch.randn(2, 200, 64)
+    with torch.no_grad():
+        want = attn(x)  # fp32: SDPA
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = attn(x).float()  # bf16: matmuls + softmax
+            q, k, v = attn.qkv(x).reshape(2, 200, 3, 4, 16).permute(2, 0, 3, 1, 4).unbind(0)
+            sdpa = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 200, 64)).float()
+    err, err_sdpa = (got - want).abs().max().item(), (sdpa - want).abs().max().item()
+    assert err < 2 * err_sdpa + 1e-3, (err, err_sdpa)
