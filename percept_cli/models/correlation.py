@@ -1,4 +1,4 @@
-"""Motion features for flow: a local correlation of learned features of the two frames (PWC/RAFT style).
+"""Motion features for flow: a local cost volume between the two frames (as in PWC-Net and RAFT).
 
 A pixel-space DiT with patch 4 sees each 4x4 block of both frames through one linear projection, so
 a displacement of a pixel or two is hard to read from its tokens. This module gives the patch
@@ -64,14 +64,16 @@ class MotionEncoder(nn.Module):
         """(N, 2C, H, W) -> (N, levels*(2r+1)^2, H, W): frame 1 against frame 2 at every offset, per level."""
         c = frames.shape[1] // 2
         h, w = frames.shape[-2:]
-        # luma only: 9-dim descriptors match about as well as colour ones at a third of the cost
+        # luma only: 9-dim descriptors, a third of the cost of colour ones
         a, b = frames[:, :c].float().mean(1, keepdim=True), frames[:, c:].float().mean(1, keepdim=True)
         costs = []
-        for level in range(self.levels):
-            cost = local_correlation(patch_descriptors(a), patch_descriptors(b), self.radius) * 9
-            costs.append(cost if level == 0 else F.interpolate(cost, size=(h, w), mode="bilinear", align_corners=False))
-            if level + 1 < self.levels:
-                a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
+        with torch.autocast(frames.device.type, enabled=False):  # fp32 whatever the caller's autocast
+            for level in range(self.levels):
+                da, db = patch_descriptors(a), patch_descriptors(b)  # (N, 9, h_l, w_l) unit vectors
+                cost = local_correlation(da, db, self.radius) * da.shape[1]  # mean -> dot product: NCC
+                costs.append(cost if level == 0 else F.interpolate(cost, size=(h, w), mode="bilinear", align_corners=False))
+                if level + 1 < self.levels:
+                    a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
         return torch.cat(costs, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
