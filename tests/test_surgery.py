@@ -211,9 +211,9 @@ def test_convert_meta_dit_is_identity_plus_config():
     model, state = meta_state()
     cfg, out = convert_meta_dit(state)  # heads inferred from width 128 (2)
     assert list(out) == list(state) and all(out[k] is state[k] for k in state)
-    assert cfg == model_config(model)
-    assert (cfg["cond_channels"], cfg["in_channels"], cfg["learn_sigma"], cfg["num_labels"]) == (0, 4, True, 11)
     converted = build(cfg, out, "test")
+    assert model_config(converted) == model_config(model)  # every constructor argument, defaults included
+    assert (cfg["cond_channels"], cfg["in_channels"], cfg["learn_sigma"], cfg["num_labels"]) == (0, 4, True, 11)
     x, t, y = inputs(model, labels=(0, 5, 10))
     with torch.no_grad():
         torch.testing.assert_close(converted(x, t, y), model(x, t, y), atol=0, rtol=0)
