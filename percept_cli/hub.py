@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -804,8 +805,11 @@ def lock_model(name: str, *, lock: Lock | None = None) -> list[LockFile]:
     """Write the pinned files of NAME into weights.lock: builtin from the package, Hub ones from the last pull."""
     lock = lock or load_lock()
     entry = lock.entry(name)
+    parameters = None
     if entry.builtin:
         files = _builtin_files(entry)
+        weights = [PACKAGE_DIR / f.path for f in files if f.role == "weights" and f.path.endswith(".safetensors")]
+        parameters = _count_parameters(weights[0]) if len(weights) == 1 else None
     else:
         pulled = {(r.role, r.repo, r.path): r for r in _pulled(name)}
         files = []
@@ -828,8 +832,19 @@ def lock_model(name: str, *, lock: Lock | None = None) -> list[LockFile]:
                                           f"again, then `percept models lock {name}`")
             fix = f"run `percept models pull {name} --force`, then `percept models lock {name}`"
             files.append(_check(got, path, name, trust_cache=True, fix=fix))
-    write_lock_files(lock.path, name, files)
+    write_lock_files(lock.path, name, files, parameters=parameters)
     return files
+
+
+def _count_parameters(path: Path) -> int | None:
+    """Elements of every tensor in a safetensors file (its header only), or None if it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+    except (SafetensorError, OSError, ValueError):
+        return None
 
 
 def _builtin_files(entry: LockEntry) -> list[LockFile]:
@@ -880,8 +895,9 @@ def _pulled(name: str) -> list[LockFile]:
 _HEADER_RE = re.compile(r"\s*(\[\[?)\s*([\w.\-\"' ]+?)\s*\]\]?\s*(#.*)?")
 
 
-def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile]) -> None:
-    """Rewrite NAME's files in a weights.lock (symlinks followed), keeping comments; atomic, re-parsed first."""
+def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile], parameters: int | None = None) -> None:
+    """Rewrite NAME's files (and `parameters`, when given) in a weights.lock (symlinks followed), keeping
+    comments; atomic, re-parsed first."""
     real = Path(os.path.realpath(Path(path).expanduser()))
     text = real.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
@@ -904,6 +920,12 @@ def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile]) -> 
         if is_array and key == f"{table}.files":
             drop.update(range(start, end))
         elif key == table:
+            if parameters is not None:
+                at = [i for i in range(start + 1, end) if re.match(r"\s*parameters\s*=", lines[i])]
+                if at:
+                    lines[at[0]] = f"parameters = {int(parameters)}\n"
+                else:
+                    lines[start] = lines[start].rstrip("\r\n") + f"\nparameters = {int(parameters)}\n"
             i = start + 1
             while i < end:
                 if re.match(r"\s*files\s*=", lines[i]):
@@ -925,6 +947,7 @@ def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile]) -> 
     except (tomllib.TOMLDecodeError, KeyError) as e:
         raise ModelError(f"rewriting {real} would break it ({e}): edit the files of '{name}' by hand") from None
     assert list(again.files) == list(files), "weights.lock rewrite changed other fields"
+    assert parameters is None or again.parameters == parameters, "weights.lock rewrite lost the parameter count"
     _atomic_write(real, new_text, mode=os.stat(real).st_mode & 0o7777)
 
 

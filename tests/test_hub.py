@@ -455,3 +455,24 @@ def test_hf_spec_checks_lfs_hashes(hub_env: HubStandIn) -> None:
     hub_env.faults["diffusion_pytorch_model.safetensors"] = "wrong_bytes"
     with pytest.raises(ChecksumError, match="diffusion_pytorch_model.safetensors of me/m"):
         H.resolve_model(f"hf://me/m@{commit}", progress=False)
+
+
+def test_lock_counts_the_builtin_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`percept models lock` writes the weights' element count into the entry's `parameters`."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    monkeypatch.setattr(H, "PACKAGE_DIR", tmp_path / "pkg")
+    lock = tmp_path / "weights.lock"
+    lock.write_text((REPO_ROOT / "weights.lock").read_text())
+    monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(lock))
+    folder = tmp_path / "pkg" / "assets" / "tiny"
+    make_percept_folder(folder)
+    save_file({"a": np.zeros((3, 4), np.float16), "b": np.zeros(5, np.float16)},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    before = lock.read_text()
+    H.lock_model("tiny")
+    assert H.load_lock().entry("tiny").parameters == 17
+    after = lock.read_text()
+    assert after.count("parameters = 17") == 1
+    assert after.split("# The paper's generalist")[1] == before.split("# The paper's generalist")[1]
