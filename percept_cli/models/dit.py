@@ -119,7 +119,7 @@ class Attention(nn.Module):
             # On a CPU, bf16 SDPA's flash kernel is ~1.6x slower than two bf16 matmuls and a softmax
             # at these sizes; the (N, H, T, T) scores stay small for T <= 1024.
             scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, H, T, T)
-            x = scores.softmax(dim=-1).to(v.dtype) @ v  # softmax in fp32 under autocast
+            x = scores.float().softmax(dim=-1).to(v.dtype) @ v  # softmax in fp32 (as autocast would)
         else:
             x = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, d/H)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
