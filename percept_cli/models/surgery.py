@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from percept_cli.errors import ModelError, OutputError
+from percept_cli.models.correlation import MotionEncoder
 from percept_cli.models.dit import DIT_SIZES, PerceptDiT, sincos_pos_embed
 
 TASK_LABELS = (1000, 1001, 1002, 1003)  # depth, amodal, flow-u, flow-v (the official ids)
@@ -196,7 +197,7 @@ def add_motion(model: PerceptDiT, channels: int = 16, radius: int = 2, levels: i
         weight = state[key]  # (D, C, p, p)
         state[key] = torch.cat([weight, weight.new_zeros((weight.shape[0], channels) + weight.shape[2:])], 1)
     torch.manual_seed(seed)
-    head = PerceptDiT(**new_cfg).motion.head  # default conv init, on the CPU
+    head = MotionEncoder(channels, radius, levels).head  # default conv init; no whole model built for it
     state.update({f"motion.head.{k}": v.to(model.dtype) for k, v in head.state_dict().items()})
     return build(new_cfg, state, "state dict with a motion encoder")
 
