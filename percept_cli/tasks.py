@@ -46,35 +46,42 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+# The encoders below also take a leading batch axis: (B, H, W, ...) in, (B, 3, H, W) out.
+
+
 def to_unit(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
-    return (rgb.astype(np.float32).transpose(2, 0, 1) / 127.5) - 1.0
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
+    return (np.moveaxis(rgb.astype(np.float32), -1, -3) / 127.5) - 1.0
 
 
 def prompt_image(task: str, image: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
     """The conditioning image (3, H, W) for `task`, in the official value conventions."""
-    h, w = image.shape[:2]
     if task == DEPTH:
-        return np.ones((3, h, w), np.float32)  # valid mask {0, 1}; all valid for a new photo
+        return np.ones(image.shape[:-3] + (3,) + image.shape[-3:-1], np.float32)  # valid mask {0, 1}: all valid
     if task == AMODAL:
         mask = extra.astype(np.float32) * 2.0 - 1.0  # {-1, +1}
-        return np.repeat(mask[None], 3, axis=0)
+        return np.repeat(mask[..., None, :, :], 3, axis=-3)
     return to_unit(extra)  # flow: frame 2
 
 
 def depth_target(depth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) metres -> (3, H, W): 2%/98% quantiles of valid depth map to -1/+1, clipped."""
-    vals = depth[valid] if valid is not None else depth.reshape(-1)
-    lo, hi = np.quantile(vals, [0.02, 0.98]) if vals.size else (0.0, 1.0)
-    norm = np.clip((depth - lo) / max(hi - lo, 1e-6) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
-    return np.repeat(norm[None], 3, axis=0)
+    """(..., H, W) metres -> (..., 3, H, W): 2%/98% quantiles of valid depth (per image) map to -1/+1, clipped."""
+    if valid is not None or depth.ndim == 2:
+        vals = depth[valid] if valid is not None else depth.reshape(-1)
+        lo, hi = np.quantile(vals, [0.02, 0.98]) if vals.size else (0.0, 1.0)
+        span = max(hi - lo, 1e-6)
+    else:  # a batch of fully valid maps: the same quantiles, one per image
+        lo, hi = np.quantile(depth.reshape(depth.shape[:-2] + (-1,)), [0.02, 0.98], axis=-1)[..., None, None]
+        span = np.maximum(hi - lo, 1e-6)
+    norm = np.clip((depth - lo) / span * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
+    return np.repeat(norm[..., None, :, :], 3, axis=-3)
 
 
 def flow_targets(flow: np.ndarray, flow_scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 2) pixels -> the u and v targets (3, H, W) each, divided by flow_scale, clipped to [-1, 1]."""
+    """(..., H, W, 2) pixels -> the u and v targets (..., 3, H, W) each, divided by flow_scale, clipped to [-1, 1]."""
     u = np.clip(flow[..., 0] / flow_scale[0], -1, 1).astype(np.float32)
     v = np.clip(flow[..., 1] / flow_scale[1], -1, 1).astype(np.float32)
-    return np.repeat(u[None], 3, axis=0), np.repeat(v[None], 3, axis=0)
+    return np.repeat(u[..., None, :, :], 3, axis=-3), np.repeat(v[..., None, :, :], 3, axis=-3)
 
 
 def amodal_target(whole_rgb: np.ndarray) -> np.ndarray:

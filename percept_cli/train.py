@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -66,6 +68,8 @@ class TrainConfig:
     autocast: str = "bf16"  # "bf16", "fp16" or "fp32"
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    render_workers: int = 0  # processes that render the scene pool; 0 = in this process
+    prefetch: int | None = None  # batches built ahead in a thread; None = 2 on a GPU, 0 on a CPU
     # bookkeeping
     log_every: int = 20
     ckpt_every: int = 250
@@ -100,8 +104,8 @@ class TrainConfig:
 
 
 def multires_noise(shape: tuple[int, ...], strength: float, t_frac: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Pyramid noise (Marigold's multi-resolution noise), strength annealed by t/T, unit variance."""
-    noise = torch.randn(shape, generator=gen)
+    """Pyramid noise (Marigold's multi-resolution noise), strength annealed by t/T, unit variance, on gen's device."""
+    noise = torch.randn(shape, generator=gen, device=gen.device)
     if strength <= 0:
         return noise
     b, c, h, w = shape
@@ -109,7 +113,7 @@ def multires_noise(shape: tuple[int, ...], strength: float, t_frac: torch.Tensor
     level, hh, ww = 1, h, w
     while hh > 1 and ww > 1 and level < 6:
         hh, ww = max(1, hh // 2), max(1, ww // 2)
-        coarse = torch.randn((b, c, hh, ww), generator=gen)
+        coarse = torch.randn((b, c, hh, ww), generator=gen, device=gen.device)
         noise = noise + F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * scale**level
         level += 1
     return noise / noise.std(dim=(1, 2, 3), keepdim=True)
@@ -155,19 +159,27 @@ class Trainer:
         self.ema = PerceptDiT.from_config(self.model.config).to(self.device).eval().requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
+                                     fused=self.device.type == "cuda")
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         from diffusers import DDIMScheduler
 
-        self.alphas = DDIMScheduler.from_config(cfg.scheduler_config()).alphas_cumprod.float()  # (1000,)
+        self.alphas = DDIMScheduler.from_config(cfg.scheduler_config()).alphas_cumprod.float().to(self.device)  # (1000,)
         self.step = 0
-        # Each rank draws its own batches; the generator state is checkpointed for exact resume.
+        # Each rank draws its own batches (numpy, on the CPU) and its own timesteps and noise (torch, on
+        # the training device, so a GPU run never waits for them); both states are checkpointed.
         self.rng = np.random.default_rng([cfg.seed, self.rank])
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.pool: ScenePool | None = None
+        # On a GPU a thread builds the next batches while the GPU trains; each batch carries the numpy
+        # RNG state after it, and checkpoints store the state of the last batch consumed (exact resume).
+        self.prefetch = cfg.prefetch if cfg.prefetch is not None else (2 if self.device.type == "cuda" else 0)
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._rng_state = self.rng.bit_generator.state
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -182,7 +194,7 @@ class Trainer:
         save_percept(tmp, self.ema, self.cfg.scheduler_config(), self.cfg.pipeline_config())
         state = dict(
             step=self.step, model=self.model.state_dict(), opt=self.opt.state_dict(),
-            rng=self.rng.bit_generator.state, gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
+            rng=self._rng_state, gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
             config=asdict(self.cfg),
         )
         torch.save(state, tmp / "train_state.pt")
@@ -205,42 +217,85 @@ class Trainer:
         self.ema.load_state_dict(ema.state_dict())
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
-        self.rng.bit_generator.state = state["rng"]
+        self.rng.bit_generator.state = self._rng_state = state["rng"]
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
 
     # -- one step ---------------------------------------------------------------------------------
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """The next (cond, x0, labels, kinds), built here or taken from the prefetch thread."""
+        if not self.prefetch:
+            out = self._build_batch()
+            self._rng_state = self.rng.bit_generator.state
+            return out
+        if self._queue is None:
+            self._queue = queue.Queue(self.prefetch)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._fill, daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        out, self._rng_state = item
+        return out
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                out = self._build_batch()
+                self._queue.put((out, self.rng.bit_generator.state))
+        except BaseException as exc:  # surfaced in the training thread
+            self._queue.put(exc)
+
+    def _stop_prefetch(self) -> None:
+        if self._queue is not None:
+            self._stop.set()
+            while self._thread.is_alive():  # unblock a thread waiting on a full queue, then let it exit
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._queue = None
+            # the thread drew batches that were never trained on: rewind to the last one consumed
+            self.rng.bit_generator.state = self._rng_state
+
+    def _build_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         cfg = self.cfg
         if self.pool is None:
             start = self.rank * cfg.train_scenes // self.world
             stop = (self.rank + 1) * cfg.train_scenes // self.world
-            self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}.npz", range(start, stop), cfg.resolution)
+            self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}.npz", range(start, stop),
+                                         cfg.resolution, workers=cfg.render_workers)
         weights = {"generate": 1.0} if cfg.stage == "generate" else cfg.task_weights
         cond, target, labels, kinds = sample_batch(self.pool, self.rng, cfg.batch_size, weights, tuple(cfg.flow_scale))
-        return torch.from_numpy(cond), torch.from_numpy(target), torch.from_numpy(labels), kinds
+        tensors = [torch.from_numpy(a) for a in (cond, target, labels)]
+        if self.device.type == "cuda":  # pinned, so the copies to the GPU do not wait for it
+            tensors = [a.pin_memory() for a in tensors]
+        return (*tensors, kinds)
 
     def loss(self, cond, x0, labels) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Per-sample denoising MSE (B,), the balance loss, and logs."""
         cfg = self.cfg
+        dev = self.device
+        cond, x0, labels = (a.to(dev, non_blocking=True) for a in (cond, x0, labels))
         b = x0.shape[0]
-        t = torch.randint(0, 1000, (b,), generator=self.gen)
+        t = torch.randint(0, 1000, (b,), generator=self.gen, device=dev)
         a = self.alphas[t].view(b, 1, 1, 1)
         noise = multires_noise(tuple(x0.shape), cfg.multires_noise, t.float() / 999, self.gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         want = a.sqrt() * noise - (1 - a).sqrt() * x0 if cfg.prediction_type == "v_prediction" else noise
-        dev = self.device
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast)
         with torch.autocast(dev.type, dtype=amp) if amp else nullcontext():
-            out = self.ddp(torch.cat([cond, xt], 1).to(dev), t.to(dev), labels.to(dev), return_dict=True)
+            out = self.ddp(torch.cat([cond, xt], 1), t, labels, return_dict=True)
         pred = out.sample[:, : x0.shape[1]].float()
-        per_sample = ((pred - want.to(dev)) ** 2).mean(dim=(1, 2, 3))  # (B,)
+        per_sample = ((pred - want) ** 2).mean(dim=(1, 2, 3))  # (B,)
         balance = (load_balancing_loss(out.router_logits, self.model.config.num_experts, self.model.config.top_k)
                    if out.router_logits else torch.zeros((), device=dev))
         return per_sample, {}, balance
 
-    def train_step(self) -> dict[str, Any]:
+    def train_step(self, record: bool = True) -> dict[str, Any]:
+        """One optimizer step; the log record (which waits for the GPU) only when `record`."""
         cfg = self.cfg
         cond, x0, labels, kinds = self.batch()
         lr = lr_at(self.step, cfg)
@@ -254,9 +309,10 @@ class Trainer:
         self.opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))  # warm EMA early on
-            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                pe.lerp_(pm.detach(), 1 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1 - decay)
         self.step += 1
+        if not record:
+            return {}
         rec: dict[str, Any] = dict(step=self.step, loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
         if self.model.config.num_experts:
             rec["balance"] = float(balance.detach())
@@ -298,9 +354,10 @@ class Trainer:
         log_path = self.out / "log.jsonl"
         started, window, samples = time.time(), time.time(), 0
         while self.step < cfg.max_steps:
-            rec = self.train_step()
+            logging = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.max_steps
+            rec = self.train_step(record=logging)
             samples += cfg.batch_size * self.world
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            if logging:
                 rec["samples_per_s"] = samples / max(1e-9, time.time() - window)
                 rec["elapsed_s"] = time.time() - started
                 window, samples = time.time(), 0
@@ -316,6 +373,7 @@ class Trainer:
             if max_time is not None and time.time() - started > max_time:
                 self.save("last")
                 break
+        self._stop_prefetch()
         if self.world > 1:
             torch.distributed.barrier()
 

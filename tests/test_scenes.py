@@ -129,3 +129,25 @@ def test_bad_size_is_a_usage_error(size):
 def test_bad_seed_is_a_usage_error():
     with pytest.raises(UsageError, match="seed"):
         render_scene(-1, 32)
+
+
+def test_sample_batch_equals_the_one_sample_reference_and_parallel_render_equals_serial():
+    from percept_cli.data.mixture import ScenePool, example, sample_batch
+
+    pool = ScenePool.render(range(12), 32)
+    forked = ScenePool.render(range(12), 32, workers=2)
+    for key in ScenePool.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(pool, key), getattr(forked, key), err_msg=key)
+    weights = {"depth": 1.5, "amodal": 1.0, "flow_u": 1.0, "flow_v": 1.0, "generate": 0.5}
+    cond, target, labels, kinds = sample_batch(pool, np.random.default_rng(3), 48, weights, (8.0, 6.0))
+    # replay the same draws, one sample at a time
+    rng = np.random.default_rng(3)
+    p = np.array(list(weights.values()))
+    chosen = rng.choice(len(p), size=48, p=p / p.sum())
+    idx, flips = rng.integers(0, len(pool), size=48), rng.random(48) < 0.5
+    assert set(kinds) == set(weights) and flips.any() and not flips.all()
+    for j in range(48):
+        c, t, label = example(pool, int(idx[j]), list(weights)[chosen[j]], bool(flips[j]), (8.0, 6.0))
+        np.testing.assert_array_equal(cond[j], c)
+        np.testing.assert_array_equal(target[j], t)
+        assert labels[j] == label and kinds[j] == list(weights)[chosen[j]]

@@ -42,6 +42,29 @@ def test_exact_resume(tmp_path):
     assert [r["step"] for r in log] == [2, 3, 4, 6]  # the resumed run appends to the same log
 
 
+def test_prefetch_thread_trains_the_same_batches_and_resumes_exactly(tmp_path):
+    # The GPU path builds batches in a thread; the stream of batches, and a resume in the middle,
+    # must be exactly those of the plain loop (the checkpoint stores the RNG of the last batch used).
+    plain = run(TrainConfig(out=str(tmp_path / "a"), max_steps=6, **TINY), log=lambda m: None)
+    run(TrainConfig(out=str(tmp_path / "b"), max_steps=3, prefetch=2, **TINY), log=lambda m: None)
+    resumed = run(TrainConfig(out=str(tmp_path / "b"), max_steps=6, prefetch=3, **TINY), log=lambda m: None)
+    assert resumed._queue is None and not resumed._thread.is_alive()
+    a, b = weights(plain), weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_prefetch_thread_errors_reach_the_loop(tmp_path):
+    trainer = Trainer(TrainConfig(out=str(tmp_path), max_steps=2, prefetch=1, **TINY), log=lambda m: None)
+
+    def broken():
+        raise ValueError("renderer broke")
+
+    trainer._build_batch = broken
+    with pytest.raises(ValueError, match="renderer broke"):
+        trainer.train()
+
+
 def test_checkpoint_loads_in_predictor(tmp_path):
     from percept_cli.checkpoints import ModelSource
     from percept_cli.pipeline import Predictor, TaskInput

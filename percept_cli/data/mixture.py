@@ -1,12 +1,15 @@
 """Training examples for every task, as model-ready arrays: (condition, target, label).
 
 A `ScenePool` renders synthetic scenes once (at twice the training resolution, then area-downsampled
-so edges are anti-aliased) and keeps them in memory; `sample_batch` draws a multi-task batch with
-random horizontal flips. Targets follow the task registry's encodings (tasks.py).
+so edges are anti-aliased; in worker processes when asked) and keeps them in memory; `sample_batch`
+draws a multi-task batch with random horizontal flips, vectorised over the batch (`example` is the
+one-sample reference it must match). Targets follow the task registry's encodings (tasks.py).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +46,15 @@ class ScenePool:
         return len(self.rgb)
 
     @classmethod
-    def render(cls, seeds: range, size: int, supersample: int = 2) -> "ScenePool":
-        """Render scenes for `seeds`; each at size*supersample, then downsampled."""
+    def render(cls, seeds: range, size: int, supersample: int = 2, workers: int = 0) -> "ScenePool":
+        """Render scenes for `seeds`; each at size*supersample, then downsampled; `workers` > 1 forks processes."""
+        if workers > 1 and len(seeds) > 1:
+            step = max(1, min(500, -(-len(seeds) // workers)))
+            chunks = [seeds[i:i + step] for i in range(0, len(seeds), step)]
+            # fork: the workers need nothing from the parent but the code; results come back in order
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+                parts = list(ex.map(cls.render, chunks, [size] * len(chunks), [supersample] * len(chunks)))
+            return cls(**{k: np.concatenate([getattr(q, k) for q in parts]) for k in cls.__dataclass_fields__})
         from percept_cli.data.scenes import render_scene
 
         cols: dict[str, list] = {k: [] for k in cls.__dataclass_fields__}
@@ -61,14 +71,14 @@ class ScenePool:
         return cls(**{k: np.stack(v) for k, v in cols.items()})
 
     @classmethod
-    def cached(cls, path: Path, seeds: range, size: int) -> "ScenePool":
+    def cached(cls, path: Path, seeds: range, size: int, workers: int = 0) -> "ScenePool":
         """Render once and keep an .npz beside the run, so restarts and resumes skip rendering."""
         path = Path(path)
         if path.exists():
             data = np.load(path)
             if int(data["size"]) == size and int(data["start"]) == seeds.start and int(data["stop"]) == seeds.stop:
                 return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        pool = cls.render(seeds, size)
+        pool = cls.render(seeds, size, workers=workers)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, size=size, start=seeds.start, stop=seeds.stop, **{k: getattr(pool, k) for k in cls.__dataclass_fields__})
@@ -102,14 +112,41 @@ def example(pool: ScenePool, i: int, kind: str, flip: bool, flow_scale: tuple[fl
 def sample_batch(
     pool: ScenePool, rng: np.random.Generator, batch: int, weights: dict[str, float], flow_scale: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A multi-task batch: cond (B, 6, H, W), target (B, 3, H, W), labels (B,), kinds."""
+    """A multi-task batch: cond (B, 6, H, W), target (B, 3, H, W), labels (B,), kinds; equal to `example` per row."""
     kinds = list(weights)
     p = np.array([weights[k] for k in kinds], np.float64)
     chosen = rng.choice(len(kinds), size=batch, p=p / p.sum())
     idx = rng.integers(0, len(pool), size=batch)
     flips = rng.random(batch) < 0.5
-    conds, targets, labels = [], [], []
-    for c, i, f in zip(chosen, idx, flips):
-        cond, target, label = example(pool, int(i), kinds[c], bool(f), flow_scale)
-        conds.append(cond), targets.append(target), labels.append(label)
-    return np.stack(conds), np.stack(targets), np.array(labels, np.int64), [kinds[c] for c in chosen]
+    names = [kinds[c] for c in chosen]
+    h, w = pool.rgb.shape[1:3]
+    cond = np.empty((batch, 6, h, w), np.float32)
+    target = np.empty((batch, 3, h, w), np.float32)
+    labels = np.array([LABELS.get(k, NULL_LABEL) for k in names], np.int64)
+    for kind in dict.fromkeys(names):  # each task once, in order of first appearance
+        rows = np.flatnonzero(np.array(names) == kind)
+        i, f = idx[rows], flips[rows]
+
+        def take(arr: np.ndarray) -> np.ndarray:  # (n, H, W, ...) rows of this group, mirrored where f
+            out = arr[i]
+            out[f] = out[f][:, :, ::-1]
+            return out
+
+        rgb = take(pool.rgb)
+        if kind == "generate":
+            cond[rows], target[rows] = 0.0, T.to_unit(rgb)
+            continue
+        cond[rows, :3] = T.to_unit(rgb)
+        if kind == "depth":
+            cond[rows, 3:] = T.prompt_image("depth", rgb, None)
+            target[rows] = T.depth_target(take(pool.depth))
+        elif kind == "amodal":
+            cond[rows, 3:] = T.prompt_image("amodal", rgb, take(pool.visible))
+            target[rows] = T.amodal_target(take(pool.whole_rgb))
+        else:
+            flow = take(pool.flow)
+            flow[f, ..., 0] *= -1  # mirrored motion
+            cond[rows, 3:] = T.prompt_image("flow", rgb, take(pool.rgb2))
+            u, v = T.flow_targets(flow, flow_scale)
+            target[rows] = u if kind == "flow_u" else v
+    return cond, target, labels, names

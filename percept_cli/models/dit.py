@@ -252,7 +252,13 @@ class PerceptDiT(ModelMixin, ConfigMixin):
 
     def motion_features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(N, motion_channels, H, W): motion features of the two condition frames for flow labels, else 0."""
-        sel = torch.isin(y, torch.tensor(self.config.motion_labels, device=y.device)).nonzero().squeeze(1)
+        is_flow = torch.zeros_like(y, dtype=torch.bool)
+        for label in self.config.motion_labels:
+            is_flow |= y == label
+        if x.is_cuda:  # all rows, masked: a data-dependent index would make the CPU wait for the GPU
+            frames = x[:, : self.config.cond_channels]
+            return self.motion(frames).to(x.dtype) * is_flow.view(-1, 1, 1, 1)
+        sel = is_flow.nonzero().squeeze(1)
         out = x.new_zeros((x.shape[0], self.config.motion_channels) + x.shape[-2:])
         if sel.numel():
             frames = x.index_select(0, sel)[:, : self.config.cond_channels]  # (n, 2C, H, W): frame 1, frame 2
