@@ -7,17 +7,16 @@ step, RNG states), so a resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import queue
 import shutil
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
     render_workers: int = 0  # processes that render the scene pool; 0 = in this process
-    prefetch: int | None = None  # batches built ahead in a thread; None = 2 on a GPU, 0 on a CPU
+    loader_workers: int | None = None  # processes that build batches; None = 0 on a CPU, up to 6 on a GPU
     # bookkeeping
     log_every: int = 20
     ckpt_every: int = 250
@@ -127,6 +126,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * math.exp(frac * math.log(cfg.lr_final / cfg.lr))
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Training batch number `step` of one rank: a pure function of (seed, rank, step), so any process can
+    build any batch, and a resumed or multi-worker run sees exactly the batches of a plain one."""
+
+    def __init__(self, pool: ScenePool, cfg: "TrainConfig", rank: int):
+        self.pool, self.rank = pool, rank
+        self.seed, self.batch_size, self.flow_scale = cfg.seed, cfg.batch_size, tuple(cfg.flow_scale)
+        self.weights = {"generate": 1.0} if cfg.stage == "generate" else dict(cfg.task_weights)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        rng = np.random.default_rng([self.seed, self.rank, step])
+        h, w = self.pool.rgb.shape[1:3]
+        cond, target = torch.empty(self.batch_size, 6, h, w), torch.empty(self.batch_size, 3, h, w)  # (B, 6|3, H, W)
+        if torch.utils.data.get_worker_info() is not None:  # written in shared memory: sent without a copy
+            cond, target = cond.share_memory_(), target.share_memory_()
+        _, _, labels, kinds = sample_batch(self.pool, rng, self.batch_size, self.weights, self.flow_scale,
+                                           out=(cond.numpy(), target.numpy()))
+        return cond, target, torch.from_numpy(labels), kinds
+
+
 class Trainer:
     """Holds the run: model, EMA, optimizer, data, RNG; `train()` is the loop."""
 
@@ -169,17 +188,15 @@ class Trainer:
 
         self.alphas = DDIMScheduler.from_config(cfg.scheduler_config()).alphas_cumprod.float().to(self.device)  # (1000,)
         self.step = 0
-        # Each rank draws its own batches (numpy, on the CPU) and its own timesteps and noise (torch, on
-        # the training device, so a GPU run never waits for them); both states are checkpointed.
-        self.rng = np.random.default_rng([cfg.seed, self.rank])
+        # Batches are built on the CPU from (seed, rank, step) (StepBatches); timesteps and noise are drawn
+        # on the training device, so a GPU run never waits for them; that generator is checkpointed.
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
         self.pool: ScenePool | None = None
-        # On a GPU a thread builds the next batches while the GPU trains; each batch carries the numpy
-        # RNG state after it, and checkpoints store the state of the last batch consumed (exact resume).
-        self.prefetch = cfg.prefetch if cfg.prefetch is not None else (2 if self.device.type == "cuda" else 0)
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
-        self._rng_state = self.rng.bit_generator.state
+        workers = cfg.loader_workers
+        if workers is None:  # on a GPU, worker processes build batches while it trains
+            workers = min(6, max(1, (os.cpu_count() or 2) - 2)) if self.device.type == "cuda" else 0
+        self.loader_workers = workers
+        self._batches: Iterator | None = None
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -194,7 +211,7 @@ class Trainer:
         save_percept(tmp, self.ema, self.cfg.scheduler_config(), self.cfg.pipeline_config())
         state = dict(
             step=self.step, model=self.model.state_dict(), opt=self.opt.state_dict(),
-            rng=self._rng_state, gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
+            gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
             config=asdict(self.cfg),
         )
         torch.save(state, tmp / "train_state.pt")
@@ -217,62 +234,35 @@ class Trainer:
         self.ema.load_state_dict(ema.state_dict())
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
-        self.rng.bit_generator.state = self._rng_state = state["rng"]
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """The next (cond, x0, labels, kinds), built here or taken from the prefetch thread."""
-        if not self.prefetch:
-            out = self._build_batch()
-            self._rng_state = self.rng.bit_generator.state
-            return out
-        if self._queue is None:
-            self._queue = queue.Queue(self.prefetch)
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._fill, daemon=True)
-            self._thread.start()
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        out, self._rng_state = item
-        return out
-
-    def _fill(self) -> None:
-        try:
-            while not self._stop.is_set():
-                out = self._build_batch()
-                self._queue.put((out, self.rng.bit_generator.state))
-        except BaseException as exc:  # surfaced in the training thread
-            self._queue.put(exc)
-
-    def _stop_prefetch(self) -> None:
-        if self._queue is not None:
-            self._stop.set()
-            while self._thread.is_alive():  # unblock a thread waiting on a full queue, then let it exit
-                try:
-                    self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            self._queue = None
-            # the thread drew batches that were never trained on: rewind to the last one consumed
-            self.rng.bit_generator.state = self._rng_state
-
-    def _build_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        cfg = self.cfg
+    def scene_pool(self) -> ScenePool:
+        """This rank's shard of rendered scenes, rendered once and cached beside the run."""
         if self.pool is None:
+            cfg = self.cfg
             start = self.rank * cfg.train_scenes // self.world
             stop = (self.rank + 1) * cfg.train_scenes // self.world
             self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}.npz", range(start, stop),
                                          cfg.resolution, workers=cfg.render_workers)
-        weights = {"generate": 1.0} if cfg.stage == "generate" else cfg.task_weights
-        cond, target, labels, kinds = sample_batch(self.pool, self.rng, cfg.batch_size, weights, tuple(cfg.flow_scale))
-        tensors = [torch.from_numpy(a) for a in (cond, target, labels)]
-        if self.device.type == "cuda":  # pinned, so the copies to the GPU do not wait for it
-            tensors = [a.pin_memory() for a in tensors]
-        return (*tensors, kinds)
+        return self.pool
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """The batch for the current step: (cond, x0, labels, kinds)."""
+        if self._batches is None:  # from this step on, built ahead by `loader_workers` processes (forked)
+            cuda = self.device.type == "cuda"
+            loader = torch.utils.data.DataLoader(
+                StepBatches(self.scene_pool(), self.cfg, self.rank), batch_size=None,
+                sampler=itertools.count(self.step), num_workers=self.loader_workers, pin_memory=cuda,
+                prefetch_factor=4 if self.loader_workers else None)
+            self._batches = iter(loader)
+        return next(self._batches)
+
+    def close_batches(self) -> None:
+        """Stop the batch workers (a later `batch()` starts again from the current step)."""
+        self._batches = None
 
     def loss(self, cond, x0, labels) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """Per-sample denoising MSE (B,), the balance loss, and logs."""
@@ -373,7 +363,7 @@ class Trainer:
             if max_time is not None and time.time() - started > max_time:
                 self.save("last")
                 break
-        self._stop_prefetch()
+        self.close_batches()
         if self.world > 1:
             torch.distributed.barrier()
 

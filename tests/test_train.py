@@ -42,25 +42,26 @@ def test_exact_resume(tmp_path):
     assert [r["step"] for r in log] == [2, 3, 4, 6]  # the resumed run appends to the same log
 
 
-def test_prefetch_thread_trains_the_same_batches_and_resumes_exactly(tmp_path):
-    # The GPU path builds batches in a thread; the stream of batches, and a resume in the middle,
-    # must be exactly those of the plain loop (the checkpoint stores the RNG of the last batch used).
+def test_batch_workers_train_the_same_batches_and_resume_exactly(tmp_path):
+    # GPU runs build batches in worker processes; batch k is a function of (seed, rank, k), so two
+    # workers, and a resume in the middle, must give exactly the plain loop's weights.
     plain = run(TrainConfig(out=str(tmp_path / "a"), max_steps=6, **TINY), log=lambda m: None)
-    run(TrainConfig(out=str(tmp_path / "b"), max_steps=3, prefetch=2, **TINY), log=lambda m: None)
-    resumed = run(TrainConfig(out=str(tmp_path / "b"), max_steps=6, prefetch=3, **TINY), log=lambda m: None)
-    assert resumed._queue is None and not resumed._thread.is_alive()
+    run(TrainConfig(out=str(tmp_path / "b"), max_steps=3, loader_workers=2, **TINY), log=lambda m: None)
+    resumed = run(TrainConfig(out=str(tmp_path / "b"), max_steps=6, loader_workers=2, **TINY), log=lambda m: None)
+    assert resumed._batches is None  # workers stopped at the end of the run
     a, b = weights(plain), weights(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
 
 
-def test_prefetch_thread_errors_reach_the_loop(tmp_path):
-    trainer = Trainer(TrainConfig(out=str(tmp_path), max_steps=2, prefetch=1, **TINY), log=lambda m: None)
+def test_batch_worker_errors_reach_the_loop(tmp_path, monkeypatch):
+    import percept_cli.train as train_module
 
-    def broken():
+    def broken(*args, **kwargs):
         raise ValueError("renderer broke")
 
-    trainer._build_batch = broken
+    monkeypatch.setattr(train_module, "sample_batch", broken)  # the forked worker inherits it
+    trainer = Trainer(TrainConfig(out=str(tmp_path), max_steps=2, loader_workers=1, **TINY), log=lambda m: None)
     with pytest.raises(ValueError, match="renderer broke"):
         trainer.train()
 

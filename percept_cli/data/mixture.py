@@ -110,9 +110,13 @@ def example(pool: ScenePool, i: int, kind: str, flip: bool, flow_scale: tuple[fl
 
 
 def sample_batch(
-    pool: ScenePool, rng: np.random.Generator, batch: int, weights: dict[str, float], flow_scale: tuple[float, float]
+    pool: ScenePool, rng: np.random.Generator, batch: int, weights: dict[str, float], flow_scale: tuple[float, float],
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A multi-task batch: cond (B, 6, H, W), target (B, 3, H, W), labels (B,), kinds; equal to `example` per row."""
+    """A multi-task batch: cond (B, 6, H, W), target (B, 3, H, W), labels (B,), kinds; equal to `example` per row.
+
+    `out`: float32 (cond, target) arrays to fill, e.g. views of shared memory that a worker process sends.
+    """
     kinds = list(weights)
     p = np.array([weights[k] for k in kinds], np.float64)
     chosen = rng.choice(len(kinds), size=batch, p=p / p.sum())
@@ -120,8 +124,7 @@ def sample_batch(
     flips = rng.random(batch) < 0.5
     names = [kinds[c] for c in chosen]
     h, w = pool.rgb.shape[1:3]
-    cond = np.empty((batch, 6, h, w), np.float32)
-    target = np.empty((batch, 3, h, w), np.float32)
+    cond, target = out if out is not None else (np.empty((batch, 6, h, w), np.float32), np.empty((batch, 3, h, w), np.float32))
     labels = np.array([LABELS.get(k, NULL_LABEL) for k in names], np.int64)
     for kind in dict.fromkeys(names):  # each task once, in order of first appearance
         rows = np.flatnonzero(np.array(names) == kind)
