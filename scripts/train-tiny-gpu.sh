@@ -61,6 +61,7 @@ print(recs[-1]['samples_per_s'])")  # the last log window: past the start-up
 echo "probe: $rate samples/s"
 
 left=$(( BUDGET - (SECONDS - t0) - 100 ))  # leaves time for the last checkpoint, export and eval
+if [ "$left" -lt 30 ]; then echo "error: BUDGET=$BUDGET s leaves $left s for training; give at least $((BUDGET - left + 30)) s" >&2; exit 2; fi
 batch=$(python3 -c "import tomllib; print(tomllib.load(open('$CONFIG', 'rb'))['batch_size'])")
 steps=$(python3 -c "print(int($rate * $left / $batch * 0.92))")
 echo "== 4. training: $steps steps in at most $left s (t=$((SECONDS - t0)) s)"
