@@ -166,8 +166,15 @@ def save_percept(folder: Path, model, scheduler_config: dict[str, Any], config: 
     if dtype is not None:
         import copy
 
-        model = copy.deepcopy(model).to(dtype)
+        import torch
+
+        # nn.Module.to: ModelMixin.to warns about fp32-kept modules, which this model has none of
+        model = torch.nn.Module.to(copy.deepcopy(model), dtype)
     model.save_pretrained(str(folder), safe_serialization=True)
+    # diffusers records where the model was loaded from (a path on the machine that trained it)
+    cfg_path = folder / "config.json"
+    cfg_path.write_text(json.dumps({k: v for k, v in json.loads(cfg_path.read_text()).items() if k != "_name_or_path"},
+                                   indent=2, sort_keys=True) + "\n")
     (folder / "scheduler").mkdir(exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2) + "\n")
     (folder / "percept.json").write_text(json.dumps({**config, "layout": "percept"}, indent=2) + "\n")
