@@ -286,7 +286,8 @@ def eval_(
 
     from percept_cli.console import Console, print_eval_table
     from percept_cli.evaluate import evaluate, real_set, synthetic_set
-    from percept_cli.hub import default_model_name, resolve_model
+    from percept_cli.hub import resolve_model
+    from percept_cli.lock import default_model_name
     from percept_cli.pipeline import Predictor
 
     if task not in ("depth", "flow", "amodal", "all"):

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from percept_cli import hub
+from percept_cli import lock as lockfile
 from percept_cli.errors import ChecksumError
 
 app = typer.Typer(help="Model weights: weights.lock, the Hugging Face cache, offline use.", no_args_is_help=True)
@@ -44,7 +45,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console().print(table)
 
 
-def _file_json(f: hub.LockFile, path: Path | None) -> dict[str, Any]:
+def _file_json(f: lockfile.LockFile, path: Path | None) -> dict[str, Any]:
     """A lock file and where it is on this machine."""
     return {**f.as_dict(), "pinned": f.pinned, "cache_path": str(path) if path else None}
 
@@ -59,7 +60,7 @@ def _params(n: int) -> str:
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> None:
     """List the models of weights.lock: tasks, size, whether cached and pinned."""
-    lock = hub.load_lock()
+    lock = lockfile.load_lock()
     rows = []
     for entry in lock.models.values():
         state = hub.cache_state(entry)
@@ -89,7 +90,7 @@ def pull(
     fetched = hub.pull_model(name, force=force)
     unpinned = False
     if not name.startswith("hf://"):
-        unpinned = not hub.load_lock().entry(name).pinned
+        unpinned = not lockfile.load_lock().entry(name).pinned
     for f, path in fetched:
         _say(f"{f.role or 'file'}: {f.repo + '@' + f.revision + ' ' if f.repo else ''}{f.path}  "
              f"size {f.size}  sha256 {f.sha256}")
@@ -127,7 +128,7 @@ def verify(
 @app.command()
 def info(name: NameArg, json_out: JsonOpt = False) -> None:
     """Show every weights.lock field of a model and where its files are cached."""
-    lock = hub.load_lock()
+    lock = lockfile.load_lock()
     entry = lock.entry(name)
     state = hub.cache_state(entry)
     obj = {"name": entry.name, "lock": str(lock.path), "default": entry.name == lock.default,
@@ -151,7 +152,7 @@ def info(name: NameArg, json_out: JsonOpt = False) -> None:
 @app.command()
 def lock(name: NameArg, json_out: JsonOpt = False) -> None:
     """Write a model's commits, sizes and sha256 into weights.lock (builtin: re-hash the package folder)."""
-    path = hub.load_lock().path
+    path = lockfile.load_lock().path
     files = hub.lock_model(name)
     _say(f"wrote {len(files)} files of '{name}' into {Path(path).resolve()}")
     if json_out:

@@ -48,7 +48,7 @@ class BatchFailed(InputError):
 class Options:
     """Every predicting option; None means 'the checkpoint's default' (Predictor.settings)."""
 
-    model: str | None = None  # None: hub.default_model_name() ($PERCEPT_MODEL, then weights.lock)
+    model: str | None = None  # None: lock.default_model_name() ($PERCEPT_MODEL, then weights.lock)
     steps: int | None = None
     ensemble: int | None = None
     schedule: str | None = None
@@ -319,7 +319,8 @@ class _Run:
 
     def load(self) -> None:
         """Resolve and load the model, then resolve settings (flag > checkpoint default > built-in)."""
-        from percept_cli.hub import default_model_name, resolve_model
+        from percept_cli.hub import resolve_model
+        from percept_cli.lock import default_model_name
         from percept_cli.pipeline import Predictor, pick_device
 
         self.model = self.opts.model or default_model_name()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from percept_cli import hub as H
+from percept_cli import lock as L
 from percept_cli.errors import ChecksumError, DownloadError, ModelError, ModelNotCachedError
 from tests.hub_server import SD2, WEIGHTS_REPO, HubStandIn, hub, hub_env, lock_text, official_files, sha  # noqa: F401
 
@@ -57,7 +58,7 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_repo_weights_lock_parses_and_is_packaged() -> None:
-    lock = H.load_lock(REPO_ROOT / "weights.lock")
+    lock = L.load_lock(REPO_ROOT / "weights.lock")
     assert lock.default == "tiny"
     gen, tiny = lock.entry("generalist"), lock.entry("tiny")
     assert gen.layout == "official" and gen.parameters == 2758511264 and gen.config["num_heads"] == 16
@@ -77,16 +78,16 @@ def test_load_lock_rejects_bad_fields(tmp_path: Path, field: str, value: str, ne
     f = {"role": "weights", "repo": "a/b", "revision": "", "path": "w.pt", "size": 0, "sha256": ""} | {field: value}
     (tmp_path / "l.toml").write_text(lock_text("m", [f]))
     with pytest.raises(ModelError, match=needle):
-        H.load_lock(tmp_path / "l.toml")
+        L.load_lock(tmp_path / "l.toml")
 
 
 def test_default_model_name_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "l.toml").write_text(lock_text("m", []))
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(tmp_path / "l.toml"))
     monkeypatch.delenv("PERCEPT_MODEL", raising=False)
-    assert H.default_model_name() == "m"
+    assert L.default_model_name() == "m"
     monkeypatch.setenv("PERCEPT_MODEL", "hf://a/b@" + "0" * 40 + "/x")
-    assert H.default_model_name() == "hf://a/b@" + "0" * 40 + "/x"
+    assert L.default_model_name() == "hf://a/b@" + "0" * 40 + "/x"
 
 
 def test_unknown_model_lists_the_choices(official: Official) -> None:
@@ -179,7 +180,7 @@ def test_truncated_download_is_refused(official: Official, monkeypatch: pytest.M
     official.hub.faults["vae/diffusion_pytorch_model.safetensors"] = "truncate"
     with pytest.raises(DownloadError, match=r"vae/diffusion_pytorch_model.safetensors of stabilityai"):
         H.resolve_model("generalist", progress=False)
-    assert H.cached_file(H.load_lock().entry("generalist").file("vae_weights")) is None
+    assert H.cached_file(L.load_lock().entry("generalist").file("vae_weights")) is None
 
 
 def test_server_error_is_a_clear_download_error(official: Official) -> None:
@@ -267,7 +268,7 @@ def test_pull_follows_main_then_lock_pins_the_repo_lock_format(official: Officia
 
     after = lock.read_text()
     assert after.split("[models.generalist]")[0] == text.split("[models.generalist]")[0]  # header, tiny kept
-    entry = H.load_lock(lock).entry("generalist")
+    entry = L.load_lock(lock).entry("generalist")
     assert entry.pinned and entry.config["num_heads"] == 16
     assert entry.file("weights").sha256 == sha(official.data["dit_moe_generalist.pt"])
     assert entry.file("vae_config").revision == official.commits[SD2]
@@ -299,7 +300,7 @@ def test_lock_follows_a_symlinked_lock(official: Official, tmp_path: Path, monke
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(link))
     H.pull_model("generalist", progress=False)
     H.lock_model("generalist")
-    assert link.is_symlink() and H.load_lock(link).entry("generalist").pinned
+    assert link.is_symlink() and L.load_lock(link).entry("generalist").pinned
 
 
 def test_write_lock_files_replaces_inline_files_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -307,10 +308,10 @@ def test_write_lock_files_replaces_inline_files_and_keeps_the_rest(tmp_path: Pat
             '  { role = "config", repo = "o/r", revision = "", path = "x]/config.json", size = 0, sha256 = "" },\n'
             ']  # inline\ntasks = ["depth"]\n\n# b is next\n[models.b]\nlayout = "official"\n')
     (tmp_path / "l.toml").write_text(text)
-    new = H.LockFile("config", "x]/config.json", "o/r", "a" * 40, 2, "b" * 64)
-    H.write_lock_files(tmp_path / "l.toml", "a", [new])
+    new = L.LockFile("config", "x]/config.json", "o/r", "a" * 40, 2, "b" * 64)
+    L.write_lock_files(tmp_path / "l.toml", "a", [new])
     after = (tmp_path / "l.toml").read_text()
-    assert H.load_lock(tmp_path / "l.toml").entry("a").files == (new,)
+    assert L.load_lock(tmp_path / "l.toml").entry("a").files == (new,)
     assert 'layout = "percept"  # ours\ntasks = ["depth"]\n\n[[models.a.files]]' in after
     assert after.endswith('\n\n# b is next\n[models.b]\nlayout = "official"\n') and after.startswith("# header\n")
 
@@ -326,7 +327,7 @@ def test_verified_cache_avoids_rehashing(official: Official, monkeypatch: pytest
     assert len(calls) == 4
     H.resolve_model("generalist", progress=False)
     assert len(calls) == 4  # same (path, size, mtime_ns, inode): not hashed again
-    weights = H.cached_file(H.load_lock().entry("generalist").file("weights"))
+    weights = H.cached_file(L.load_lock().entry("generalist").file("weights"))
     st = os.stat(weights)
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     H.resolve_model("generalist", progress=False)
@@ -472,7 +473,7 @@ def test_lock_counts_the_builtin_parameters(tmp_path: Path, monkeypatch: pytest.
               str(folder / "diffusion_pytorch_model.safetensors"))
     before = lock.read_text()
     H.lock_model("tiny")
-    assert H.load_lock().entry("tiny").parameters == 17
+    assert L.load_lock().entry("tiny").parameters == 17
     after = lock.read_text()
     assert after.count("parameters = 17") == 1
     assert after.split("# The paper's generalist")[1] == before.split("# The paper's generalist")[1]
