@@ -18,14 +18,12 @@ import time
 import torch
 
 from percept_cli.data.mixture import ScenePool
-from percept_cli.train import StepBatches, TrainConfig
+from percept_cli.train import StepBatches, TrainConfig, batch_loader
 
 
 def rate(data: StepBatches, workers: int, batches: int) -> float:
     """Samples per second over `batches` batches after the first."""
-    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(batches + 1), num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
-    it = iter(loader)
+    it = iter(batch_loader(data, range(batches + 1), workers, pin=False))  # the loader training uses
     next(it)  # start-up
     start = time.perf_counter()
     for _ in range(batches):

@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -146,6 +146,12 @@ class StepBatches(torch.utils.data.Dataset):
         return cond, target, torch.from_numpy(labels), kinds
 
 
+def batch_loader(batches: StepBatches, steps: Iterable[int], workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """The batches for `steps`, in order, built ahead by `workers` forked processes (0: on demand, here)."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin,
+                                       prefetch_factor=4 if workers else None)
+
+
 class Trainer:
     """Holds the run: model, EMA, optimizer, data, RNG; `train()` is the loop."""
 
@@ -252,12 +258,9 @@ class Trainer:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         """The batch for the current step: (cond, x0, labels, kinds)."""
         if self._batches is None:  # from this step on, built ahead by `loader_workers` processes (forked)
-            cuda = self.device.type == "cuda"
-            loader = torch.utils.data.DataLoader(
-                StepBatches(self.scene_pool(), self.cfg, self.rank), batch_size=None,
-                sampler=itertools.count(self.step), num_workers=self.loader_workers, pin_memory=cuda,
-                prefetch_factor=4 if self.loader_workers else None)
-            self._batches = iter(loader)
+            data = StepBatches(self.scene_pool(), self.cfg, self.rank)
+            self._batches = iter(batch_loader(data, itertools.count(self.step), self.loader_workers,
+                                              pin=self.device.type == "cuda"))
         return next(self._batches)
 
     def close_batches(self) -> None:

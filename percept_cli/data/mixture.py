@@ -123,17 +123,18 @@ def sample_batch(
     idx = rng.integers(0, len(pool), size=batch)
     flips = rng.random(batch) < 0.5
     names = [kinds[c] for c in chosen]
+    name_arr = np.array(names)
     h, w = pool.rgb.shape[1:3]
     cond, target = out if out is not None else (np.empty((batch, 6, h, w), np.float32), np.empty((batch, 3, h, w), np.float32))
     labels = np.array([LABELS.get(k, NULL_LABEL) for k in names], np.int64)
     for kind in dict.fromkeys(names):  # each task once, in order of first appearance
-        rows = np.flatnonzero(np.array(names) == kind)
+        rows = np.flatnonzero(name_arr == kind)
         i, f = idx[rows], flips[rows]
 
         def take(arr: np.ndarray) -> np.ndarray:  # (n, H, W, ...) rows of this group, mirrored where f
-            out = arr[i]
-            out[f] = out[f][:, :, ::-1]
-            return out
+            got = arr[i]
+            got[f] = got[f][:, :, ::-1]
+            return got
 
         rgb = take(pool.rgb)
         if kind == "generate":
