@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
+# Small fixtures the tests need ship with the repository; real dataset samples do not.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+REALDATA = SHARED / "realdata"
+# Set by .ci/run: there ../shared is beside the repository, and a real-data test that skips is a failure.
+REQUIRE_REALDATA = "PERCEPT_REQUIRE_REALDATA"
 
 
 def pytest_addoption(parser):
@@ -20,7 +25,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def official_fixtures() -> Path:
+    """Tiny checkpoints and reference outputs made with the official code (see fixtures/official/README.md)."""
+    return FIXTURES / "official"
+
+
+@pytest.fixture(scope="session")
 def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail("../shared is not beside the repository: clone next to the shared/ folder")
+    """../shared, for tests on real dataset samples in ../shared/realdata."""
+    if not REALDATA.is_dir():
+        reason = "../shared/realdata not beside the repository; real-data tests run in CI"
+        if os.environ.get(REQUIRE_REALDATA) == "1":
+            pytest.fail(f"{reason}, and {REQUIRE_REALDATA}=1 says this is CI: put ../shared beside the repository")
+        pytest.skip(reason)
     return SHARED

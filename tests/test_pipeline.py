@@ -118,10 +118,10 @@ def test_settings_precedence():
     assert pred.settings("depth", steps=2, ensemble=1).steps == 2  # a flag beats the checkpoint
 
 
-def test_official_resolution_is_fixed(shared):
+def test_official_resolution_is_fixed(official_fixtures):
     from percept_cli.checkpoints import ModelSource, load_source
 
-    fx = shared / "fixtures" / "official"
+    fx = official_fixtures
     src = ModelSource("tiny-official", "official", weights=fx / "tiny_official_layout.pt", vae=fx / "tiny_vae",
                       scheduler=fx / "tiny_scheduler", config={"num_heads": 4})
     pred = Predictor(*load_source(src), device="cpu")
