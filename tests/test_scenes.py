@@ -151,3 +151,17 @@ def test_sample_batch_equals_the_one_sample_reference_and_parallel_render_equals
         np.testing.assert_array_equal(cond[j], c)
         np.testing.assert_array_equal(target[j], t)
         assert labels[j] == label and kinds[j] == list(weights)[chosen[j]]
+
+
+def test_sequence_ends_at_the_two_frames_of_its_scene():
+    from percept_cli.data.scenes import _render_scene, render_sequence
+
+    seq = render_sequence(3, 5, 48)
+    scene, aux = _render_scene(3, 48)
+    assert seq.rgb.shape == (5, 48, 48, 3) and seq.depth.shape == (5, 48, 48)
+    np.testing.assert_array_equal(seq.rgb[0], scene.rgb)
+    np.testing.assert_array_equal(seq.depth[0], scene.depth)
+    np.testing.assert_array_equal(seq.rgb[-1], scene.rgb2)
+    np.testing.assert_allclose(seq.depth[-1], aux["depth2"], atol=1e-5)  # the rotation goes through a rotvec
+    steps = np.abs(np.diff(seq.depth, axis=0)).mean(axis=(1, 2))  # (4,)
+    assert steps.min() > 0 and steps.max() < 2.0 * steps.min()  # equal steps: smooth, not one jump

@@ -569,3 +569,35 @@ def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = 
            "proj_z2": xc[2].reshape(h, w), "n_objects": len(objs), "cam": cam, "cam2": cam2, "objs": objs,
            "objs2": objs2, "world": world}
     return scene, aux
+
+
+@dataclass
+class Sequence:
+    """Consecutive frames of one procedural scene with exact per-frame depth (for temporal metrics)."""
+
+    rgb: np.ndarray  # (N, H, W, 3) uint8
+    depth: np.ndarray  # (N, H, W) float32, z-depth in metres
+    seed: int
+
+
+def render_sequence(seed: int, frames: int = 8, size: int | tuple[int, int] = 128, shadows: bool = True) -> Sequence:
+    """N frames of the scene of `seed`: camera and objects move smoothly, in total as far as frame 1 -> 2 of
+    `render_scene`, split into equal steps (the camera's rotation by the same fraction of its angle)."""
+    if frames < 2:
+        raise UsageError(f"frames={frames}: a sequence needs at least 2 frames")
+    from scipy.spatial.transform import Rotation
+
+    h, w = _sizes(size)
+    _, aux = _render_scene(seed, size, shadows)
+    cam, cam2, objs, world = aux["cam"], aux["cam2"], aux["objs"], aux["world"]
+    turn = Rotation.from_matrix(cam2.rot @ cam.rot.T).as_rotvec()  # (3,) world-frame rotation camera 1 -> 2
+    rgbs, depths = [], []
+    for k in range(frames):
+        a = k / (frames - 1)  # fraction of the frame 1 -> 2 motion done by frame k
+        cam_k = _Camera(cam.pos + a * (cam2.pos - cam.pos), Rotation.from_rotvec(a * turn).as_matrix() @ cam.rot,
+                        cam.f, cam.cx, cam.cy)
+        objs_k = [_Object(o.kind, o.half, o.centre + a * o.d_centre, o.yaw + a * o.d_yaw, o.tex) for o in objs]
+        rgb, t, *_ = _render(cam_k, objs_k, world, h, w, shadows)
+        rgbs.append(rgb.reshape(h, w, 3))
+        depths.append(t.reshape(h, w).astype(np.float32))
+    return Sequence(np.stack(rgbs), np.stack(depths), int(seed))
