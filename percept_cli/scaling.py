@@ -103,7 +103,7 @@ def _unknown(where: str, got: Iterable[str], allowed: Iterable[str]) -> None:
 
 def load_study(path: str | Path, out: str | Path | None = None, docs: str | Path | None = None) -> Study:
     """Read and validate a study TOML; every error names the key and the fix."""
-    import tomllib
+    from percept_cli.tomlcompat import tomllib  # tomli on Python 3.10
 
     from percept_cli.train import TrainConfig
 

@@ -384,7 +384,7 @@ def run(cfg: TrainConfig, resume: bool = True, max_time: float | None = None, lo
 
 def load_config(path: Path | None, **overrides: Any) -> TrainConfig:
     """TrainConfig from a TOML file (keys = TrainConfig fields), then explicit overrides."""
-    import tomllib
+    from percept_cli.tomlcompat import tomllib  # tomli on Python 3.10
 
     from percept_cli.errors import UsageError
 
