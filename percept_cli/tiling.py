@@ -1,0 +1,71 @@
+"""Tiling (`--fit tile`) for large frames: the whole image is predicted once at the model's resolution for the
+layout, then overlapping square crops are predicted for detail; each crop's affine-invariant depth is
+mapped onto the layout by a scale and shift fitted where they overlap (so a crop never drifts from its
+neighbours), and the crops are blended with weights that fall to zero at their edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from percept_cli.temporal import fit_affine
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1) in input pixels, end exclusive
+
+
+def _starts(length: int, side: int, step: int) -> list[int]:
+    """Evenly spaced crop origins from 0 to length - side, at most `step` apart."""
+    if length <= side:
+        return [0]
+    n = int(np.ceil((length - side) / step)) + 1
+    return sorted({int(round(v)) for v in np.linspace(0, length - side, n)})
+
+
+def plan_tiles(h: int, w: int, tiles: int = 2, overlap: float = 0.25) -> list[Box]:
+    """Square crops of side min(h, w) / tiles (rounded), overlapping by `overlap`, covering (h, w)."""
+    if tiles < 1:
+        raise ValueError(f"tiles must be >= 1, got {tiles}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    side = max(1, int(np.ceil(min(h, w) / (tiles - (tiles - 1) * overlap))))  # `tiles` crops span the short side
+    step = max(1, int(np.ceil(side * (1.0 - overlap))))
+    return [(y, y + side, x, x + side) for y in _starts(h, side, step) for x in _starts(w, side, step)]
+
+
+def feather(side_h: int, side_w: int, ramp: float = 0.25) -> np.ndarray:
+    """(h, w) blending weight: 1 inside, falling linearly to a small floor over `ramp` of each edge."""
+    def ramp1d(n: int) -> np.ndarray:
+        r = max(1.0, ramp * n)
+        i = np.arange(n, dtype=np.float64) + 0.5
+        return np.clip(np.minimum(i, n - i) / r, 1e-3, 1.0)
+
+    return np.outer(ramp1d(side_h), ramp1d(side_w))
+
+
+def merge_depth_tiles(layout: np.ndarray, tiles: list[tuple[Box, np.ndarray]], ramp: float = 0.25) -> np.ndarray:
+    """Blend crop predictions onto the whole-image `layout` (H, W); returns (H, W) depth in [0, 1], 0 = near.
+
+    Crops come in raster order. Each crop (in its own affine-invariant units) is fitted by scale and shift
+    to the crops before it where they overlap (both carry the same detail, so the fit is exact for a
+    consistent model), the first one, or one overlapping nothing yet, to the layout. The crops are then
+    averaged with `feather` weights; pixels no crop covers keep the layout.
+    """
+    h, w = layout.shape
+    acc = np.zeros((h, w), np.float64)
+    wsum = np.zeros((h, w), np.float64)
+    for (y0, y1, x0, x1), depth in tiles:
+        if depth.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"tile {(y0, y1, x0, x1)} has depth {depth.shape}, expected {(y1 - y0, x1 - x0)}")
+        seen = wsum[y0:y1, x0:x1]  # (h, w) weight of the crops placed so far
+        if (seen > 0.05).mean() > 0.05:  # overlaps earlier crops: match them there
+            scale, shift = fit_affine(depth, acc[y0:y1, x0:x1] / np.maximum(seen, 1e-12), seen)
+        else:
+            scale, shift = fit_affine(depth, layout[y0:y1, x0:x1])
+        if scale <= 0:  # a crop that disagrees with the depth order around it (e.g. a blank wall): skip it
+            continue
+        wt = feather(*depth.shape, ramp=ramp)
+        acc[y0:y1, x0:x1] += wt * (scale * depth + shift)
+        wsum[y0:y1, x0:x1] += wt
+    out = np.where(wsum > 0, acc / np.maximum(wsum, 1e-12), layout)
+    lo, hi = out.min(), out.max()
+    return ((out - lo) / max(hi - lo, 1e-6)).astype(np.float32)

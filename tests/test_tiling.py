@@ -1,0 +1,46 @@
+"""Tile planning and blending for --fit tile (percept_cli.tiling)."""
+
+import numpy as np
+import pytest
+
+from percept_cli.tiling import feather, merge_depth_tiles, plan_tiles
+
+
+@pytest.mark.parametrize("h,w,tiles", [(300, 400, 2), (3000, 4000, 3), (64, 64, 1), (50, 500, 2)])
+def test_tiles_cover_the_image_with_overlap(h, w, tiles):
+    boxes = plan_tiles(h, w, tiles, overlap=0.25)
+    cover = np.zeros((h, w), int)
+    for y0, y1, x0, x1 in boxes:
+        assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w and y1 - y0 == x1 - x0  # square, inside
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    if tiles > 1:
+        side = boxes[0][1] - boxes[0][0]
+        assert abs(side - min(h, w) / (tiles - (tiles - 1) * 0.25)) <= 1
+        assert len({b[0] for b in boxes}) == tiles  # `tiles` rows across the short side (h here)
+
+
+def test_feather_is_one_inside_and_small_at_edges():
+    f = feather(40, 40)
+    assert f[20, 20] == 1.0 and f[0, 0] < 0.01 and f[0, 20] < 0.1
+
+
+def test_merge_recovers_detail_from_rescaled_tiles():
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    truth = (xx / (w - 1) * 0.8 + 0.1 * ((yy // 8) % 2)).astype(np.float32)  # a ramp with fine stripes
+    layout = np.broadcast_to(truth.mean(axis=0, keepdims=True), (h, w))  # coarse: only the ramp, no stripes
+    rng = np.random.default_rng(0)
+    tiles = []
+    for y0, y1, x0, x1 in plan_tiles(h, w, 2):
+        crop = truth[y0:y1, x0:x1]
+        tiles.append(((y0, y1, x0, x1), rng.uniform(0.5, 2.0) * crop + rng.uniform(-1, 1)))  # each in its own units
+    merged = merge_depth_tiles(layout.astype(np.float32), tiles)
+    target = (truth - truth.min()) / (truth.max() - truth.min())
+    assert np.abs(merged - target).mean() < 0.01  # stripes back, tiles agree where they overlap
+    assert np.abs(layout - truth).mean() > 0.03
+
+
+def test_merge_checks_tile_shapes():
+    with pytest.raises(ValueError, match="expected"):
+        merge_depth_tiles(np.zeros((8, 8), np.float32), [((0, 4, 0, 4), np.zeros((3, 4)))])
