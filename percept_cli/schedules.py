@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from percept_cli.errors import UsageError
+from percept_cli.errors import ModelError, PerceptError, UsageError, first_line
 
 # beta settings of each named schedule (diffusers names; diffusers calls cosine squaredcos_cap_v2)
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -21,6 +21,8 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "cosine": dict(beta_schedule="squaredcos_cap_v2"),
 }
 SPACINGS = ("leading", "trailing", "linspace")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what DDIMScheduler.step understands
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what DDIMScheduler builds betas from
 MAX_STEPS = 1000
 
 # Stable Diffusion 2's DDIM config: what the official generalist samples with.
@@ -52,7 +54,11 @@ def parse_schedule(text: str | None) -> tuple[str, str | None, bool]:
 
 def make_scheduler(base: dict[str, Any], schedule: str | None = None):
     """DDIMScheduler from the checkpoint's scheduler config, with a named schedule applied."""
-    from diffusers import DDIMScheduler
+    import inspect
+
+    # the submodule, not `diffusers`' lazy top level; and the constructor, not from_config, which
+    # imports every "compatible" scheduler (scipy.stats among them: ~0.4 s of start-up)
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     name, spacing, zero_snr = parse_schedule(schedule)
     config = {k: v for k, v in base.items() if not k.startswith("_")}
@@ -70,7 +76,35 @@ def make_scheduler(base: dict[str, Any], schedule: str | None = None):
                 f"{config.get('prediction_type', 'epsilon')}); drop +zero-snr"
             )
         config["rescale_betas_zero_snr"] = True
-    return DDIMScheduler.from_config(config)
+    accepted = inspect.signature(DDIMScheduler.__init__).parameters
+    return DDIMScheduler(**{k: v for k, v in config.items() if k in accepted})  # other keys: unused, as from_config
+
+
+def check_scheduler_config(config: Any, where: str) -> dict[str, Any]:
+    """The checkpoint's scheduler config, or a ModelError naming `where` unless DDIM can sample with it.
+
+    Checked when the model loads, so that a bad file (`beta_schedule = "nonsense"`, a prediction
+    type DDIM does not know, timesteps it cannot place) is one line then, not a traceback mid-run.
+    """
+    fix = "fix the file or re-download the model"
+    if not isinstance(config, dict):
+        raise ModelError(f"scheduler config '{where}' is not a JSON object of DDIMScheduler settings; {fix}")
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ModelError(f"scheduler config '{where}': prediction_type {prediction!r} is not one of "
+                         f"{', '.join(PREDICTION_TYPES)}; {fix}")
+    betas = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is None and betas not in BETA_SCHEDULES:
+        raise ModelError(f"scheduler config '{where}': beta_schedule {betas!r} is not one of "
+                         f"{', '.join(BETA_SCHEDULES)}; {fix}")
+    try:
+        scheduler = make_scheduler(config)
+        scheduler.set_timesteps(min(2, int(scheduler.config.num_train_timesteps)))
+    except PerceptError:
+        raise
+    except Exception as exc:  # diffusers on a user's file: anything it raises means the file is bad
+        raise ModelError(f"scheduler config '{where}' does not make a DDIM scheduler: {first_line(exc)}; {fix}") from None
+    return config
 
 
 def check_steps(steps: int) -> int:
