@@ -57,7 +57,9 @@ ReductionOpt = Annotated[Optional[str], typer.Option(
     help="Ensemble reducer: mean or median. [default: median for depth, mean for flow]")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", rich_help_panel=_MODEL, help="auto, cpu, cuda, cuda:N or mps (torchrun: cuda:LOCAL_RANK).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", rich_help_panel=_MODEL, help="fp32, bf16 or fp16.")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", rich_help_panel=_MODEL,
+    help="auto, fp32, bf16 or fp16. auto: bf16 on CUDA GPUs with bf16 and CPUs with AVX512_BF16 or AMX, else fp32.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", rich_help_panel=_MODEL, help="torch.compile the model (GPU speed-up; the first batch compiles).")]
 OutputOpt = Annotated[Path, typer.Option(
@@ -105,7 +107,7 @@ def depth(
         show_default=False, help="Images, folders, glob patterns, videos, or '-' to read paths from stdin.")],
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
@@ -125,7 +127,7 @@ def flow(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
@@ -148,7 +150,7 @@ def amodal(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    device: DeviceOpt = "auto", dtype: DtypeOpt = "fp32", reduction: ReductionOpt = None, compile: CompileOpt = False,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
@@ -278,7 +280,7 @@ def eval_(
     resolution: ResolutionOpt = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "fp32",
+    dtype: DtypeOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Depth AbsRel/delta1 (scale-and-shift fit), flow EPE and amodal IoU, with baselines beside."""

@@ -20,12 +20,12 @@ import torch
 from percept_cli import tasks as T
 from percept_cli.autoencoder import VAE, PixelSpace
 from percept_cli.checkpoints import ModelSource
+from percept_cli.dtypes import dtype_name, resolve_dtype, torch_dtype
 from percept_cli.ensemble import amodal_soft
 from percept_cli.errors import InputError, UsageError
 from percept_cli.sampler import ddim_sample, initial_noise
 from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, schedule_warning
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
 DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16)
 
@@ -87,10 +87,10 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+def pick_dtype(dtype: str = "auto", device: str | torch.device = "auto") -> torch.dtype:
+    """--dtype -> torch dtype; auto: bf16 where `device` runs it fast, else fp32 (dtypes.resolve_dtype)."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    return torch_dtype(resolve_dtype(dtype, device))
 
 
 def cast_matmul_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -139,12 +139,13 @@ class Predictor:
         scheduler_config: dict[str, Any],
         config: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
-        dtype: str = "fp32",
+        dtype: str = "auto",
         warn: Callable[[str], None] | None = None,
         compile: bool = False,
     ):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.dtype = pick_dtype(dtype)
+        self.dtype = pick_dtype(dtype, self.device)  # auto: bf16 where the device runs it fast, else fp32
+        self.dtype_name = dtype_name(self.dtype)  # what auto picked: fp32, bf16 or fp16
         self.model = model.eval().requires_grad_(False).to(self.device)
         if self.dtype != torch.float32:  # the Predictor owns the model: pass a copy to keep an fp32 one
             cast_matmul_weights(self.model, self.dtype)
@@ -162,7 +163,7 @@ class Predictor:
 
     @classmethod
     def from_source(
-        cls, source: ModelSource, device: str = "auto", dtype: str = "fp32", warn=None, compile: bool = False
+        cls, source: ModelSource, device: str = "auto", dtype: str = "auto", warn=None, compile: bool = False
     ) -> "Predictor":
         """Load a resolved model (our folder or the official layout)."""
         from percept_cli.checkpoints import load_source

@@ -29,10 +29,10 @@ import numpy as np
 from percept_cli import media, writers
 from percept_cli.console import Console
 from percept_cli.tasks import get_task  # numpy only: no torch at planning time
+from percept_cli.dtypes import check_dtype  # no torch at planning time
 from percept_cli.errors import InputError, OutputError, UsageError
 
 TASKS = ("depth", "flow", "amodal")
-DTYPES = ("fp32", "bf16", "fp16")  # pipeline.DTYPES, named here so that validation needs no torch
 REDUCTIONS = ("mean", "median")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CHUNK = 32  # inputs decoded and predicted together: bounded memory, full batches
@@ -56,7 +56,7 @@ class Options:
     resolution: int | None = None
     batch_size: int | None = None
     device: str = "auto"
-    dtype: str = "fp32"
+    dtype: str = "auto"  # bf16 where the device runs it fast, else fp32 (dtypes.resolve_dtype)
     reduction: str | None = None
     compile: bool = False  # torch.compile the denoiser (GPUs)
     output: Path = Path("percept-out")
@@ -117,8 +117,7 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
         raise UsageError(f"--seed must be zero or positive, got {opts.seed}")
     if not DEVICE_RE.fullmatch(opts.device.lower()):
         raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {opts.device!r}")
-    if opts.dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
+    check_dtype(opts.dtype)
     if opts.reduction is not None and opts.reduction not in REDUCTIONS:
         raise UsageError(f"--reduction must be mean or median, got {opts.reduction!r}")
     if opts.schedule is not None:
@@ -505,7 +504,7 @@ class _Run:
             "seconds": round(job.seconds, 4),
             "model": self.model,
             "settings": None if self.settings is None or job.status == "skipped" else
-            self.settings.as_dict() | {"device": self.device, "dtype": self.opts.dtype},
+            self.settings.as_dict() | {"device": self.device, "dtype": self.predictor.dtype_name},
             "rank": self.rank,
         }
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from percept_cli.checkpoints import save_percept
+from percept_cli.dtypes import torch_dtype
 from percept_cli.data.mixture import ScenePool, sample_batch
 from percept_cli.models.dit import PerceptDiT, dit_config
 from percept_cli.models.moe import load_balancing_loss
@@ -278,7 +279,7 @@ class Trainer:
         noise = multires_noise(tuple(x0.shape), cfg.multires_noise, t.float() / 999, self.gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         want = a.sqrt() * noise - (1 - a).sqrt() * x0 if cfg.prediction_type == "v_prediction" else noise
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast)
+        amp = None if cfg.autocast == "fp32" else torch_dtype(cfg.autocast)
         with torch.autocast(dev.type, dtype=amp) if amp else nullcontext():
             out = self.ddp(torch.cat([cond, xt], 1), t, labels, return_dict=True)
         pred = out.sample[:, : x0.shape[1]].float()

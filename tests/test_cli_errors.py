@@ -37,7 +37,7 @@ def no_temps(folder) -> bool:
     (["--max-frames", "-1"], "--max-frames must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--format", "npy,jpeg"], "'jpeg' is not a depth format; choose from npy,png16,color"),
-    (["--dtype", "fp64"], "--dtype must be one of fp32, bf16, fp16"),
+    (["--dtype", "fp64"], "--dtype must be one of auto, fp32, bf16, fp16, got 'fp64'"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
     (["--reduction", "max"], "--reduction must be mean or median"),
     (["--schedule", "wobbly"], "--schedule: unknown part 'wobbly'"),
