@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from tests.test_cli import ROOT, fast, files, image, model, percept  # noqa: F401
 
@@ -24,6 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # torchrun with 2 processes: ~10 s on 2 cores; CI runs it (PERCEPT_SLOW=1)
 def test_torchrun_two_processes_split_the_inputs(model, tmp_path):
     names = [f"img{i}.png" for i in range(6)]
     for i, name in enumerate(names):

@@ -136,6 +136,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # torchrun with 2 processes: ~10 s on 2 cores; CI runs it (PERCEPT_SLOW=1)
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun with 2 gloo processes: both ranks step together and rank 0 checkpoints once."""
     cfg = tmp_path / "c.toml"
