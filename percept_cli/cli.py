@@ -60,6 +60,11 @@ DeviceOpt = Annotated[str, typer.Option(
 DtypeOpt = Annotated[str, typer.Option(
     "--dtype", rich_help_panel=_MODEL,
     help="auto, fp32, bf16 or fp16. auto: bf16 on CUDA GPUs with bf16 and CPUs with AVX512_BF16 or AMX, else fp32.")]
+FitOpt = Annotated[Optional[str], typer.Option(
+    "--fit", show_default=False, rich_help_panel=_MODEL,
+    help="How a non-square input meets the square processing grid: stretch (squash it, as the official "
+         "script) or pad (letterbox with replicated edges, predict, crop back; keeps the aspect ratio). "
+         "[default: stretch]")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", rich_help_panel=_MODEL, help="torch.compile the model (GPU speed-up; the first batch compiles).")]
 OutputOpt = Annotated[Path, typer.Option(
@@ -107,6 +112,7 @@ def depth(
         show_default=False, help="Images, folders, glob patterns, videos, or '-' to read paths from stdin.")],
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    fit: FitOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
@@ -127,6 +133,7 @@ def flow(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    fit: FitOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
@@ -150,6 +157,7 @@ def amodal(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
+    fit: FitOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
@@ -330,6 +338,16 @@ def _root(
     """Depth, optical flow and amodal masks with diffusion transformers."""
 
 
+def _with_help_hint(message: str, ctx) -> str:
+    """Click's message, one line, with where to look: "No such command 'x'; see 'percept --help'"."""
+    message = " ".join(message.split())
+    if ctx is None:
+        return message
+    if message.endswith("."):  # Click ends some messages with a full stop: no ".;"
+        message = message[:-1]
+    return f"{message}{' See' if message.endswith('?') else '; see'} '{ctx.command_path} --help'"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the app and exit: PerceptError -> `error: ...` and its exit code; usage errors -> 2; Ctrl-C -> 130."""
     try:
@@ -342,9 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         code = e.exit_code
     except typer.TyperException as e:  # Typer's (Click's) own usage errors: one line, exit 2
-        ctx, message = getattr(e, "ctx", None), e.format_message()
+        ctx, message = getattr(e, "ctx", None), e.format_message().strip()
         if message:  # empty when a bare command printed its help instead
-            hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
-            typer.echo(f"error: {message}{hint}", err=True)
+            typer.echo(f"error: {_with_help_hint(message, ctx)}", err=True)
         code = getattr(e, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -27,7 +27,10 @@ from percept_cli.sampler import ddim_sample, initial_noise
 from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, schedule_warning
 
 # Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
-DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16)
+DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16, fit="stretch")
+# How a non-square input meets the square processing grid: stretch = squash it (the official script),
+# pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio).
+FITS = ("stretch", "pad")
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Settings:
     resolution: int
     batch_size: int
     reduction: str | None = None
+    fit: str = "stretch"  # see FITS
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +133,42 @@ def _resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) ->
     return out.reshape((h, w) + arr.shape[2:])
 
 
+def _letterbox_box(h: int, w: int) -> tuple[int, int, int]:
+    """(side, top, left): the square an (h, w) image is padded to, and where the image sits in it (centred)."""
+    side = max(h, w)
+    return side, (side - h) // 2, (side - w) // 2
+
+
+def _to_grid(arr: np.ndarray, grid: tuple[int, int], fit: str, nearest: bool = False) -> np.ndarray:
+    """An input-sized (H, W[, C]) array at the processing grid: squashed (stretch) or letterboxed (pad)."""
+    if fit == "pad":
+        h, w = arr.shape[:2]
+        side, top, left = _letterbox_box(h, w)
+        if (h, w) != (side, side):
+            arr = cv2.copyMakeBorder(arr, top, side - h - top, left, side - w - left, cv2.BORDER_REPLICATE)
+            arr = arr.reshape((side, side) + arr.shape[2:])  # cv2 drops a trailing channel axis of size 1
+    return _resize(arr, grid, nearest=nearest)
+
+
+def _from_grid(arr: np.ndarray, size_hw: tuple[int, int], fit: str) -> np.ndarray:
+    """A grid-sized (h, w[, C]) result back at the input's (H, W): stretched back, or the letterbox cropped off."""
+    h, w = size_hw
+    if fit != "pad":
+        return _resize(arr, (h, w))
+    side, top, left = _letterbox_box(h, w)
+    return _resize(arr, (side, side))[top : top + h, left : left + w]
+
+
+def _grid_scale(size_hw: tuple[int, int], grid_hw: tuple[int, int], fit: str) -> tuple[float, float]:
+    """(x, y) input pixels per grid pixel: flow vectors are multiplied by these."""
+    h, w = size_hw
+    gh, gw = grid_hw
+    if fit == "pad":
+        side = max(h, w)
+        return side / gw, side / gh
+    return w / gw, h / gh
+
+
 class Predictor:
     """Runs one loaded model for depth, flow and amodal; load once, predict many."""
 
@@ -168,7 +208,8 @@ class Predictor:
         """Load a resolved model (our folder or the official layout)."""
         from percept_cli.checkpoints import load_source
 
-        model, autoencoder, sched, config = load_source(source)
+        low = pick_dtype(dtype, device)  # load the matmul weights straight into it: no fp32 copy of a large model
+        model, autoencoder, sched, config = load_source(source, matmul_dtype=None if low == torch.float32 else low)
         return cls(model, autoencoder, sched, config, device=device, dtype=dtype, warn=warn, compile=compile)
 
     # -- settings ---------------------------------------------------------------------------------
@@ -183,6 +224,7 @@ class Predictor:
         resolution: int | None = None,
         batch_size: int | None = None,
         reduction: str | None = None,
+        fit: str | None = None,
     ) -> Settings:
         """Resolve CLI value > checkpoint default > built-in default, and validate each once."""
         if task not in self.tasks:
@@ -215,7 +257,10 @@ class Predictor:
         if reduction is not None and reduction not in ("mean", "median"):
             raise UsageError(f"--reduction must be mean or median, got {reduction!r}")
         seed = 0 if seed is None else int(seed)
-        return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction)
+        fit = str(pick("fit", fit))
+        if fit not in FITS:
+            raise UsageError(f"--fit must be stretch or pad, got {fit!r}")
+        return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction, fit)
 
     # -- prediction -------------------------------------------------------------------------------
 
@@ -284,7 +329,7 @@ class Predictor:
             # 2-3. resize, normalise and encode each input of this chunk once
             for i in dict.fromkeys(r[0] for r in chunk):
                 if i not in cond_cache:
-                    cond_cache[i] = self._encode(task, inputs[i], grid)
+                    cond_cache[i] = self._encode(task, inputs[i], grid, settings.fit)
             # 4. members and labels ride in the batch dimension
             cond = torch.cat([cond_cache[i] for i, _, _ in chunk])  # (B, 2C, h, w)
             z0 = noise[[k for _, _, k in chunk]].to(self.device)  # (B, C, h, w)
@@ -302,14 +347,14 @@ class Predictor:
                     cond_cache.pop(i, None)
                     yield i, self._finish(task, members, inputs[i], settings)
 
-    def _encode(self, task: str, item: TaskInput, grid: tuple[int, int]) -> torch.Tensor:
+    def _encode(self, task: str, item: TaskInput, grid: tuple[int, int], fit: str = "stretch") -> torch.Tensor:
         """(1, 2C, h, w): [rgb latent, prompt latent] at the processing grid."""
-        image = _resize(item.image, grid)
+        image = _to_grid(item.image, grid, fit)
         extra = item.extra
         if extra is not None and extra.dtype == bool:  # a mask: nearest, so it stays binary
-            extra = _resize(extra.astype(np.uint8), grid, nearest=True).astype(bool)
+            extra = _to_grid(extra.astype(np.uint8), grid, fit, nearest=True).astype(bool)
         elif extra is not None:
-            extra = _resize(extra, grid)
+            extra = _to_grid(extra, grid, fit)
         rgb = T.to_unit(image)
         prompt = T.prompt_image(task, image, extra)
         pair = torch.from_numpy(np.stack([rgb, prompt])).to(self.device)  # (2, 3, H, W)
@@ -318,23 +363,25 @@ class Predictor:
 
     def _finish(self, task: str, members: np.ndarray, item: TaskInput, settings: Settings):
         h, w = item.image.shape[:2]
+        fit = settings.fit
+        back = lambda arr: _from_grid(arr, (h, w), fit)  # noqa: E731  (grid -> input size, letterbox cropped)
         values = T.members_to_values(task, members, self.config)
         if task == T.DEPTH:
             depth, unc = T.REDUCERS[task](values, reduction=settings.reduction or "median")
             return DepthResult(
-                np.clip(_resize(depth, (h, w)), 0.0, 1.0).astype(np.float32),
-                None if unc is None else _resize(unc, (h, w)).astype(np.float32),
+                np.clip(back(depth), 0.0, 1.0).astype(np.float32),
+                None if unc is None else back(unc).astype(np.float32),
             )
         if task == T.FLOW:
             flow, unc = T.REDUCERS[task](values, reduction=settings.reduction or "mean")
-            gh, gw = flow.shape[:2]
-            flow = _resize(flow, (h, w)) * np.array([w / gw, h / gh], np.float32)  # grid px -> input px
+            sx, sy = _grid_scale((h, w), flow.shape[:2], fit)
+            flow = back(flow) * np.array([sx, sy], np.float32)  # grid px -> input px
             if unc is not None:
-                unc = _resize(unc, (h, w)) * float(np.sqrt((w / gw) * (h / gh)))
+                unc = back(unc) * float(np.sqrt(sx * sy))
             return FlowResult(flow.astype(np.float32), unc)
         red = T.REDUCERS[task](values, threshold=float(self.config.get("amodal_threshold", 240.0)))
-        image = _resize(red.image, (h, w))
+        image = back(red.image)
         soft = amodal_soft(image, float(self.config.get("amodal_threshold", 240.0)))
-        unc = None if red.uncertainty is None else _resize(red.uncertainty, (h, w))
+        unc = None if red.uncertainty is None else back(red.uncertainty)
         rgb = np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
         return AmodalResult(soft >= 0.5, soft, rgb, unc)
