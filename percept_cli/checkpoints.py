@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,14 +82,84 @@ def official_model_config(state: dict, extra: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def load_official(path: Path, extra: dict[str, Any], dtype: "torch.dtype | None" = None):
-    """Build a PerceptDiT from an official `.pt`, with a strict key and shape check."""
+def memory_available() -> int | None:
+    """Bytes this machine can still give a new process without swapping (psutil, else /proc/meminfo); None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # not installed, or no answer on this platform
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(needed: int, what: str, dtype: "torch.dtype") -> None:
+    """ModelError, before anything is read, when `needed` bytes of weights cannot fit in the available memory."""
+    import torch
+
+    from percept_cli.errors import ModelError
+
+    available = memory_available()
+    if available is None or needed <= available:
+        return
+    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+    hint = ("use --dtype bf16 (half the memory)" if dtype == torch.float32 else
+            "it does not fit even with --dtype bf16: close other programs or use a machine with more memory")
+    raise ModelError(f"{what} needs {gb(needed)} of memory for its weights in {str(dtype).replace('torch.', '')}, "
+                     f"but only {gb(available)} is available: {hint}")
+
+
+def _madvise_dontneed():
+    """libc madvise(MADV_DONTNEED) where available (Linux), else None."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def release(t: "torch.Tensor") -> None:
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        lo, hi = -(-start // page) * page, end // page * page  # whole pages inside the tensor only
+        if hi > lo:
+            fn(lo, hi - lo, 4)  # MADV_DONTNEED: the clean file pages leave this process; they stay on disk
+
+    return release
+
+
+def load_official(path: Path, extra: dict[str, Any], dtype: "torch.dtype | None" = None,
+                  matmul_dtype: "torch.dtype | None" = None):
+    """Build a PerceptDiT from an official `.pt`, with a strict key and shape check.
+
+    dtype: every parameter's dtype (default fp32). matmul_dtype: the weights and biases of the Linear
+    and Conv2d layers only (as `pipeline.cast_matmul_weights` stores them for autocast); overrides
+    dtype there. Memory-lean: the file is memory-mapped (nothing is read up front), the model is
+    built on the meta device, and each tensor is cast on its own and its file pages released at
+    once, so two copies of the weights never coexist; a tensor already in its target dtype is used
+    in place (file-backed). The memory needed is checked against what is available before any
+    weight is read.
+    """
     import torch
 
     from percept_cli.errors import ModelError
     from percept_cli.models.dit import PerceptDiT
 
-    state = read_official_state_dict(Path(path))
+    state = read_official_state_dict(Path(path))  # mmap'd: shapes and dtypes only, no weight read yet
     config = official_model_config(state, extra)
     with torch.device("meta"):
         model = PerceptDiT(**config)
@@ -104,7 +175,20 @@ def load_official(path: Path, extra: dict[str, Any], dtype: "torch.dtype | None"
             f"unexpected keys: {show(unexpected)}; wrong shapes: {show(wrong)}"
         )
     dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    matmul = {f"{name}.{p}" for name, mod in model.named_modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))
+              for p, _ in mod.named_parameters(recurse=False)} if matmul_dtype is not None else set()
+    target = {k: matmul_dtype if k in matmul else dtype for k in expected}
+    needed = sum(state[k].numel() * torch.empty((), dtype=target[k]).element_size() for k in expected)
+    check_memory(needed, f"model '{path}'", matmul_dtype or dtype)
+    release = _madvise_dontneed()
+    loaded = {}
+    for k in list(state):
+        src = state.pop(k)
+        loaded[k] = out = src.to(target[k])
+        if release is not None and out.data_ptr() != src.data_ptr():
+            release(src)  # a cast copy was made: drop the source's pages now, not at the end
+        del src
+    model.load_state_dict(loaded, strict=True, assign=True)
     model.pos_embed.requires_grad_(False)
     return model.eval()
 
@@ -129,8 +213,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelError(f"cannot read '{path}': {exc}; fix or re-download the file") from None
 
 
-def load_source(source: ModelSource, dtype: "torch.dtype | None" = None):
-    """(model, autoencoder, scheduler_config, pipeline_config) for a resolved source."""
+def load_source(source: ModelSource, dtype: "torch.dtype | None" = None, matmul_dtype: "torch.dtype | None" = None):
+    """(model, autoencoder, scheduler_config, pipeline_config) for a resolved source.
+
+    matmul_dtype: store Linear/Conv2d weights in it while loading the official layout (see load_official),
+    so that a bf16 run never holds the fp32 weights."""
     from percept_cli.autoencoder import VAE, PixelSpace
     from percept_cli.errors import ModelError
     from percept_cli.schedules import SD2_SCHEDULER
@@ -141,7 +228,7 @@ def load_source(source: ModelSource, dtype: "torch.dtype | None" = None):
         if source.weights is None or source.vae is None:
             raise ModelError(f"model '{source.name}': the official layout needs a .pt file and a vae/ folder")
         config = {**OFFICIAL_PIPELINE, **source.config, "layout": "official"}
-        model = load_official(source.weights, config, dtype)
+        model = load_official(source.weights, config, dtype, matmul_dtype=matmul_dtype)
         return model, VAE.from_folder(source.vae), sched, config
     if source.layout != "percept" or source.root is None:
         raise ModelError(f"model '{source.name}': unknown layout {source.layout!r}")
