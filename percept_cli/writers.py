@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,12 +66,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` on success, delete it on any failure.
 
     The temp name `.NAME.tmp-PID.EXT` keeps the real extension last because some writers
-    (ffmpeg) pick the format from it, and starts with a dot so input scans skip it.
+    (ffmpeg) pick the format from it, and starts with a dot so input scans skip it. The temp is
+    locked while it exists, and temps that a killed process left in the folder are removed first
+    (see remove_stale_temps).
     """
     path = Path(path)
-    ensure_folder(path.parent)
-    tmp = _temp_name(path)
+    tmp = _temp_beside(path)
+    lock = None
     try:
+        lock = _claim(tmp)
         yield tmp
         os.replace(tmp, path)
     except BaseException as e:  # KeyboardInterrupt too: never leave a temp file behind
@@ -78,11 +82,110 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(e, OSError):
             raise _write_error(path, e) from e
         raise
+    finally:
+        _release(lock)
 
 
 def _temp_name(path: Path) -> Path:
     """`.NAME.tmp-PID.EXT` beside `path`."""
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def _temp_beside(path: Path) -> Path:
+    """The temp name for `path`, in its folder (created, and swept of stale temps once per process)."""
+    folder = ensure_folder(path.parent)
+    key = os.path.abspath(folder)
+    if key not in _SWEPT:
+        _SWEPT.add(key)
+        remove_stale_temps(folder)
+    return _temp_name(path)
+
+
+# ----------------------------------------------------------------------------- stale temps
+# A process killed between writing a temp and renaming it (SIGKILL, power loss) cannot clean up.
+# Its temp is stale when its process is gone: no process of that PID runs on this machine, and no
+# process anywhere holds the lock that every writer keeps on its temp (flock; on a folder shared
+# over NFS that also covers writers on other machines, whose PIDs mean nothing here).
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and os.kill(pid, 0) would kill; temps are left alone there
+    fcntl = None
+
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)(?P<ext>\.[^.]*)?")  # what _temp_name makes
+_SWEPT: set[str] = set()  # folders this process has swept
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the stale temps in `folder` (not its sub-folders); return what was deleted.
+
+    Only regular files named exactly like _temp_name's are candidates; one is kept while its PID
+    is a running process or its lock is held, and anything else in the folder is never touched.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP_RE.fullmatch(entry.name)
+        try:
+            if not match or not entry.is_file(follow_symlinks=False) or _pid_alive(int(match["pid"])):
+                continue
+        except OSError:
+            continue
+        if _unlink_unless_locked(Path(entry.path)):
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this PID runs on this machine (unsure counts as alive)."""
+    try:
+        os.kill(pid, 0)  # signal 0: the check only, nothing is sent
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: another user's process; or a PID out of range
+        return True
+    return True
+
+
+def _unlink_unless_locked(path: Path) -> bool:
+    """Delete `path` if no process holds its lock (taking the lock first, so no writer starts meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink()
+        return True
+    except OSError:  # held (BlockingIOError), or not ours to delete
+        return False
+    finally:
+        os.close(fd)
+
+
+def _claim(tmp: Path) -> int | None:
+    """Create `tmp` and lock it until _release, so that no sweep takes it for stale; None without flock."""
+    if fcntl is None:
+        return None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the PID check still protects this machine's writers
+        pass
+    return fd
+
+
+def _release(lock: int | None) -> None:
+    if lock is not None:
+        try:
+            os.close(lock)
+        except OSError:
+            pass
 
 
 def _discard(tmp: Path) -> None:
@@ -493,11 +596,16 @@ class VideoWriter:
         self._size: tuple[int, int] | None = None
         self._writer = None
         self._tmp: Path | None = None
+        self._lock: int | None = None
 
     def __enter__(self) -> VideoWriter:
         if not self.skipped:
-            ensure_folder(self.path.parent)
-            self._tmp = _temp_name(self.path)
+            self._tmp = _temp_beside(self.path)
+            try:
+                self._lock = _claim(self._tmp)
+            except OSError as e:
+                self._tmp = None
+                raise _write_error(self.path, e) from e
         return self
 
     def append(self, frame: np.ndarray) -> None:
@@ -548,3 +656,5 @@ class VideoWriter:
                 raise _write_error(self.path, e) from e
         finally:
             _discard(tmp)  # no-op after a successful rename
+            _release(self._lock)
+            self._lock = None

@@ -204,6 +204,70 @@ def test_unwritable_folder_raises_output_error(tmp_path):
         W.ensure_folder(blocker)
 
 
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_of_dead_processes_are_removed_before_a_write(tmp_path):
+    """A SIGKILL between temp write and rename leaves `.NAME.tmp-PID.EXT`; the next write into the folder removes it."""
+    import fcntl
+
+    dead = _dead_pid()
+    stale = [tmp_path / f".a.depth.tmp-{dead}.npy", tmp_path / f".clip.depth.tmp-{dead}.mp4",
+             tmp_path / f".noext.tmp-{dead}"]
+    live = tmp_path / f".b.depth.tmp-{os.getpid()}.npy"  # a running process (this one) is writing it
+    held = tmp_path / f".c.depth.tmp-{dead}.png"  # locked: a writer on another machine sharing the folder
+    not_ours = [tmp_path / f"a.depth.tmp-{dead}.npy", tmp_path / f".a.depth.tmp-{dead}.npy.bak",
+                tmp_path / f".a.depth.tmp-x{dead}.npy", tmp_path / f".a.depth.tmp{dead}.npy", tmp_path / "notes.txt"]
+    for p in [*stale, live, held, *not_ours]:
+        p.write_bytes(b"partial")
+    (tmp_path / f".e.tmp-{dead}.npy").mkdir()  # a folder of that name is not a temp file
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / f".f.depth.tmp-{dead}.npy").write_bytes(b"partial")  # another folder: swept when written to
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        W.write_npy(tmp_path / "z.npy", np.zeros(2))
+    finally:
+        os.close(fd)
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and held.exists() and all(p.exists() for p in not_ours)
+    assert (tmp_path / f".e.tmp-{dead}.npy").is_dir()
+    assert (sub / f".f.depth.tmp-{dead}.npy").exists()
+    assert (tmp_path / "z.npy").is_file()
+
+
+def test_writers_lock_their_temps_while_writing(tmp_path):
+    """A sweep by another process (here: another open file) must see a temp in use as held."""
+    import fcntl
+
+    def locked(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    with W.atomic_path(tmp_path / "x.npy") as tmp:
+        tmp.write_bytes(b"1")
+        assert locked(tmp)
+    assert not locked(tmp_path / "x.npy") and _no_temps(tmp_path)
+    with W.VideoWriter(tmp_path / "v.mp4", fps=5) as vw:
+        vw.append(np.zeros((8, 8, 3), np.uint8))
+        assert locked(vw._tmp)
+    assert (tmp_path / "v.mp4").is_file() and _no_temps(tmp_path)
+
+
 # ----------------------------------------------------------------------------- per task
 
 
