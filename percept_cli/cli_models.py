@@ -1,12 +1,13 @@
-"""`percept models ...`: list, pull, verify, info and lock the models named in weights.lock.
+"""`percept models ...`: list, pull (--pin), verify, info and lock the models named in weights.lock.
 
-Thin commands over percept_cli.hub. Results go to stdout (a rich table, or one JSON object with
---json); progress and hints go to stderr. Failures raise percept errors; main() maps them to exit codes.
+Thin commands over percept_cli.hub. Results go to stdout (a table, never cut when piped, or one JSON
+object with --json); progress and hints go to stderr. Failures raise percept errors; main() maps them to exit codes.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,7 +15,7 @@ import typer
 
 from percept_cli import hub
 from percept_cli import lock as lockfile
-from percept_cli.errors import ChecksumError
+from percept_cli.errors import ChecksumError, ModelNotCachedError
 
 app = typer.Typer(help="Model weights: weights.lock, the Hugging Face cache, offline use.", no_args_is_help=True)
 
@@ -23,60 +24,49 @@ NameArg = Annotated[str, typer.Argument(help="A model name from weights.lock.", 
 
 
 def _emit(obj: dict[str, Any]) -> None:
-    """Print one JSON object on stdout."""
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-def _say(msg: str) -> None:
-    """A message for people, on stderr."""
-    typer.echo(msg, err=True)
-
-
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A rich table on stdout."""
+    """A rich table on stdout; piped, it keeps its natural width (nothing cut at 80 columns)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c)
+    table = Table(*columns, title=title, title_justify="left")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
 def _file_json(f: lockfile.LockFile, path: Path | None) -> dict[str, Any]:
-    """A lock file and where it is on this machine."""
     return {**f.as_dict(), "pinned": f.pinned, "cache_path": str(path) if path else None}
 
 
 def _params(n: int) -> str:
-    """A parameter count as "2.76 B" / "31.5 M"; "?" when unknown."""
-    if n <= 0:
-        return "?"
-    return f"{n / 1e9:.3g} B" if n >= 1e9 else f"{n / 1e6:.3g} M"
+    return "?" if n <= 0 else f"{n / 1e9:.3g} B" if n >= 1e9 else f"{n / 1e6:.3g} M"
 
 
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> None:
-    """List the models of weights.lock: tasks, size, whether cached and pinned."""
+    """List the models: tasks, size, whether cached and pinned, and which lock pinned them."""
     lock = lockfile.load_lock()
     rows = []
     for entry in lock.models.values():
-        state = hub.cache_state(entry)
-        have = sum(p is not None for _, p in state)
+        have = sum(p is not None for _, p in hub.cache_state(entry))
         rows.append({"name": entry.name, "default": entry.name == lock.default, "description": entry.description,
                      "tasks": list(entry.tasks), "parameters": entry.parameters, "layout": entry.layout,
                      "builtin": entry.builtin, "download_size": entry.download_size, "files": len(entry.files),
-                     "cached_files": have, "cached": bool(state) and have == len(state), "pinned": entry.pinned})
+                     "cached_files": have, "cached": bool(entry.files) and have == len(entry.files),
+                     "pinned": entry.pinned, "lock": str(entry.source)})
     if json_out:
-        _emit({"lock": str(lock.path), "default": lock.default, "models": rows})
-        return
-    _table(f"models in {lock.path}", ["name", "tasks", "parameters", "download", "cached", "pinned"], [
+        return _emit({"lock": str(lock.path), "user_lock": str(lockfile.user_lock_path()), "default": lock.default,
+                      "models": rows})
+    _table(f"models in {lock.path}" + (f" and {lock.user}" if lock.user else ""),
+           ["name", "tasks", "parameters", "download", "cached", "pinned by"], [
         [r["name"] + (" (default)" if r["default"] else ""), ",".join(r["tasks"]), _params(r["parameters"]),
          "builtin" if r["builtin"] else hub.human_size(r["download_size"]),
          "yes" if r["cached"] else (f"{r['cached_files']}/{r['files']}" if r["cached_files"] else "no"),
-         "yes" if r["pinned"] else "no"] for r in rows])
+         r["lock"] if r["pinned"] else "no (unpinned)"] for r in rows])
 
 
 @app.command()
@@ -84,22 +74,32 @@ def pull(
     name: Annotated[str, typer.Argument(help="A name from weights.lock, or hf://REPO@COMMIT/PATH.",
                                         show_default=False)],
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    pin: Annotated[bool, typer.Option("--pin", help="Pin an unpinned model at the repo's current commit into "
+                                      "your user lock ($PERCEPT_LOCK), trusting what the Hub serves now.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download and verify a model; an unpinned entry follows `main` and prints what to lock."""
-    fetched = hub.pull_model(name, force=force)
-    unpinned = False
-    if not name.startswith("hf://"):
-        unpinned = not lockfile.load_lock().entry(name).pinned
-    for f, path in fetched:
-        _say(f"{f.role or 'file'}: {f.repo + '@' + f.revision + ' ' if f.repo else ''}{f.path}  "
-             f"size {f.size}  sha256 {f.sha256}")
-    if unpinned:
-        _say(f"weights.lock does not pin '{name}' yet: check the above, then run `percept models lock {name}`")
+    """Download and verify a model (--pin: pin an unpinned one first, trust on first use)."""
+    hub.check_hf_env()
+    entry = None if name.startswith("hf://") else lockfile.load_lock().entry(name)
+    if entry is not None and not entry.builtin and not entry.pinned and not pin:
+        raise ModelNotCachedError(f"model '{name}' is unpinned in {entry.source}: run `percept models pull "
+                                      f"{name} --pin` to pin it at the repo's current commit (trust on first use)")
+    pinning = pin and entry is not None and not entry.builtin and not entry.pinned
+    if pinning:
+        typer.echo(f"pinning '{name}' at the current commit of its repos: trust on first use, the Hub's bytes "
+                   "today become what every later load must match", err=True)
+    fetched = hub.pull_model(name, force=force, pin=pin)
+    for f, _ in fetched:
+        typer.echo(f"{f.role}: {f.repo + '@' + f.revision + ' ' if f.repo else ''}{f.path}  size {f.size}  "
+                   f"sha256 {f.sha256}", err=True)
+    where = lockfile.user_lock_path() if pinning else (entry.source if entry else None)
+    if pinning:
+        typer.echo(f"wrote these into {where}; delete '{name}' there to pin it again", err=True)
     if json_out:
-        _emit({"name": name, "lock_pinned": not unpinned, "files": [_file_json(f, p) for f, p in fetched]})
+        _emit({"name": name, "pinned_by": str(where) if where else None,
+               "files": [_file_json(f, p) for f, p in fetched]})
     else:
-        _say(f"{name}: {len(fetched)} files cached and verified")
+        typer.echo(f"{name}: {len(fetched)} files cached and verified", err=True)
 
 
 @app.command()
@@ -107,7 +107,7 @@ def verify(
     name: Annotated[Optional[str], typer.Argument(help="A model name (default: all).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-hash the cached files of one model (or all) against weights.lock; exit 1 on a mismatch."""
+    """Re-hash the cached files of one model (or all) against the lock; exit 1 on a mismatch."""
     results = hub.verify_models(name)
     if json_out:
         _emit({"ok": all(c.status != "mismatch" for cs in results.values() for c in cs), "models": {
@@ -119,31 +119,28 @@ def verify(
     bad = [(model, c) for model, checks in results.items() for c in checks if c.status == "mismatch"]
     if bad:
         model, c = bad[0]
-        more = f" ({len(bad)} bad files)" if len(bad) > 1 else ""
+        fix = hub.fix_for(lockfile.load_lock().entry(model)).removeprefix("the cached file was deleted; ")
         raise ChecksumError(f"{c.path} (model '{model}', {c.file.path}) has sha256 {c.sha256} and {c.size} bytes, "
-                            f"weights.lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: run "
-                            f"`percept models pull {model} --force`{more}")
+                            f"the lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: {fix}"
+                            + (f" ({len(bad)} bad files)" if len(bad) > 1 else ""))
 
 
 @app.command()
 def info(name: NameArg, json_out: JsonOpt = False) -> None:
-    """Show every weights.lock field of a model and where its files are cached."""
+    """Show every lock field of a model, which lock pinned it, and where its files are cached."""
     lock = lockfile.load_lock()
     entry = lock.entry(name)
-    state = hub.cache_state(entry)
-    obj = {"name": entry.name, "lock": str(lock.path), "default": entry.name == lock.default,
+    obj = {"name": entry.name, "lock": str(entry.source), "default": entry.name == lock.default,
            "description": entry.description, "tasks": list(entry.tasks), "parameters": entry.parameters,
            "layout": entry.layout, "builtin": entry.builtin, "folder": entry.folder or None, "config": entry.config,
            "pinned": entry.pinned, "download_size": entry.download_size,
            "hub_cache": None if entry.builtin else str(hub.hub_cache_dir()),
-           "files": [_file_json(f, p) for f, p in state]}
+           "files": [_file_json(f, p) for f, p in hub.cache_state(entry)]}
     if json_out:
-        _emit(obj)
-        return
+        return _emit(obj)
     for key, value in obj.items():
-        if key not in ("files", "config"):
-            typer.echo(f"{key}: {value}")
-    typer.echo(f"config: {json.dumps(entry.config)}")
+        if key != "files":
+            typer.echo(f"{key}: {json.dumps(value) if key == 'config' else value}")
     _table("files", ["role", "repo@revision", "path", "size", "sha256", "cached at"], [
         [f["role"], (f"{f['repo']}@{f['revision'] or '(unpinned)'}" if f["repo"] else "builtin"), f["path"],
          str(f["size"] or "?"), f["sha256"] or "?", f["cache_path"] or "-"] for f in obj["files"]])
@@ -151,9 +148,9 @@ def info(name: NameArg, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def lock(name: NameArg, json_out: JsonOpt = False) -> None:
-    """Write a model's commits, sizes and sha256 into weights.lock (builtin: re-hash the package folder)."""
-    path = lockfile.load_lock().path
+    """For maintainers: pin a model in the lock in use (builtin: re-hash the package folder). Users: pull --pin."""
+    path = Path(lockfile.load_lock().path).resolve()
     files = hub.lock_model(name)
-    _say(f"wrote {len(files)} files of '{name}' into {Path(path).resolve()}")
+    typer.echo(f"wrote {len(files)} files of '{name}' into {path}", err=True)
     if json_out:
-        _emit({"name": name, "lock": str(Path(path).resolve()), "files": [f.as_dict() for f in files]})
+        _emit({"name": name, "lock": str(path), "files": [f.as_dict() for f in files]})

@@ -210,6 +210,7 @@ def hub_env(hub: HubStandIn, tmp_path, monkeypatch) -> HubStandIn:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "percept-cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("PERCEPT_LOCK", str(tmp_path / "config" / "weights.lock"))  # the user lock, absent at first
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "PERCEPT_MODEL", "PERCEPT_WEIGHTS_LOCK",
                 "HUGGINGFACE_HUB_CACHE"):
         monkeypatch.delenv(var, raising=False)

@@ -1,4 +1,4 @@
-"""`percept models list|info|pull|lock|verify` with --json, through the stand-in Hub and a temporary lock."""
+"""`percept models list|info|pull|lock|verify`, through the stand-in Hub, a temporary lock and a temporary user lock."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from percept_cli import cli_models
-from percept_cli.errors import ChecksumError, ModelError, PerceptError
+from percept_cli import hub as H
+from percept_cli.errors import ChecksumError, ModelError, ModelNotCachedError, PerceptError
 from tests.hub_server import SD2, WEIGHTS_REPO, HubStandIn, hub, hub_env, lock_text, official_files, sha  # noqa: F401
 
 PT = bytes(range(256)) * 16
@@ -51,36 +52,58 @@ def unpinned(hub_env: HubStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     return lock
 
 
-def test_list_info_pull_lock_verify(unpinned: Path) -> None:
+def test_pin_list_info_load_verify(unpinned: Path) -> None:
     listed = run_json("list")
     (gen,) = listed["models"]
     assert (gen["name"], gen["pinned"], gen["cached"], gen["download_size"]) == ("generalist", False, False, None)
     assert gen["tasks"] == ["depth", "flow"] and gen["parameters"] == 123 and listed["default"] == "generalist"
-
     info = run_json("info", "generalist")
-    assert info["layout"] == "official" and info["config"] == {"num_heads": 2}
+    assert info["layout"] == "official" and info["config"] == {"num_heads": 2} and info["lock"] == str(unpinned)
     assert [f["cache_path"] for f in info["files"]] == [None] * 4 and info["hub_cache"] == os.environ["HF_HUB_CACHE"]
+    with pytest.raises(ModelNotCachedError, match="percept models pull generalist --pin"):
+        H.resolve_model("generalist")  # loading an unpinned model is refused, naming the fix
 
-    pulled = run_json("pull", "generalist")
-    assert pulled["lock_pinned"] is False
+    result = run("pull", "generalist", "--pin", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "trust on first use" in result.stderr and sha(PT) in result.stderr  # commit, sizes, sha256 said plainly
+    user = Path(os.environ["PERCEPT_LOCK"])
+    pulled = json.loads(result.stdout)
+    assert pulled["pinned_by"] == str(user) and "[[models.generalist.files]]" in user.read_text()
     weights = next(f for f in pulled["files"] if f["role"] == "weights")
     assert weights["sha256"] == sha(PT) and weights["size"] == len(PT) and len(weights["revision"]) == 40
     assert Path(weights["cache_path"]).read_bytes() == PT
-    assert run_json("list")["models"][0]["cached"] is True  # found through the last pull's commit
+    assert "revision = \"\"" in unpinned.read_text()  # the packaged lock is untouched
 
-    locked = run_json("lock", "generalist")
-    assert all(f["revision"] and f["sha256"] for f in locked["files"])
-    assert Path(locked["lock"]) == unpinned.resolve()
     gen = run_json("list")["models"][0]
-    assert gen["pinned"] and gen["cached"] and gen["download_size"] == len(PT) + sum(map(len, SD2_FILES.values()))
-
+    assert gen["pinned"] and gen["cached"] and gen["lock"] == str(user)
+    assert gen["download_size"] == len(PT) + sum(map(len, SD2_FILES.values()))
+    assert run_json("info", "generalist")["lock"] == str(user)
+    assert str(user) in run("list").stdout and str(user) in run("info", "generalist").stdout
+    assert H.resolve_model("generalist", download=False).weights.read_bytes() == PT  # loading works now
     checked = run_json("verify")
     assert checked["ok"] and {f["status"] for f in checked["models"]["generalist"]} == {"ok"}
 
+    blob = Path(os.path.realpath(weights["cache_path"]))  # tampered after the pin: refused
+    blob.write_bytes(b"\x00" * len(PT))
+    with pytest.raises(ChecksumError, match=f"expects {sha(PT)}"):
+        H.resolve_model("generalist", download=False)
+
+
+def test_plain_pull_of_an_unpinned_model_names_pin(unpinned: Path) -> None:
+    err = fails_with(ModelNotCachedError, "pull", "generalist")
+    assert "percept models pull generalist --pin" in str(err) and "trust on first use" in str(err)
+    assert not Path(os.environ["PERCEPT_LOCK"]).exists()
+
+
+def test_lock_pins_into_the_lock_in_use(unpinned: Path) -> None:
+    locked = run_json("lock", "generalist")
+    assert all(f["revision"] and f["sha256"] for f in locked["files"])
+    assert Path(locked["lock"]) == unpinned.resolve() and not Path(os.environ["PERCEPT_LOCK"]).exists()
+    assert run_json("list")["models"][0]["lock"] == str(unpinned)
+
 
 def test_verify_reports_and_fails_on_a_corrupt_file(unpinned: Path) -> None:
-    run_json("pull", "generalist")
-    run_json("lock", "generalist")
+    run_json("pull", "generalist", "--pin")
     info = run_json("info", "generalist")
     blob = Path(os.path.realpath(info["files"][0]["cache_path"]))
     blob.write_bytes(b"\x00" * len(PT))
@@ -93,17 +116,56 @@ def test_verify_reports_and_fails_on_a_corrupt_file(unpinned: Path) -> None:
     assert run_json("verify", "generalist")["ok"]
 
 
+def test_verify_of_a_tampered_builtin_says_reinstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 (9): builtin files come with the package; `pull --force` cannot fix them."""
+    folder = tmp_path / "pkg" / "assets" / "tiny"
+    (folder / "scheduler").mkdir(parents=True)
+    for name, data in {"config.json": "{}", "diffusion_pytorch_model.safetensors": "w", "percept.json": "{}",
+                       "scheduler/scheduler_config.json": "{}"}.items():
+        (folder / name).write_text(data)
+    monkeypatch.setattr(H, "PACKAGE_DIR", tmp_path / "pkg")
+    monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "pc"))
+    monkeypatch.setenv("PERCEPT_LOCK", str(tmp_path / "none.lock"))
+    lock = tmp_path / "weights.lock"
+    lock.write_text(lock_text("tiny", [], layout="percept", extra='builtin = true\nfolder = "assets/tiny"\n'))
+    monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(lock))
+    run_json("lock", "tiny")
+    (folder / "diffusion_pytorch_model.safetensors").write_text("x")
+    err = str(fails_with(ChecksumError, "verify", "tiny"))
+    assert "pip install --force-reinstall percept-cli" in err and "pull" not in err
+
+
 def test_human_output_goes_to_the_right_streams(unpinned: Path) -> None:
-    result = run("pull", "generalist")
+    result = run("pull", "generalist", "--pin")
     assert result.exit_code == 0, result.output
-    assert "percept models lock generalist" in result.stderr and result.stdout == ""
+    assert "trust on first use" in result.stderr and result.stdout == ""
     table = run("list")
     assert "generalist" in table.stdout and "(default)" in table.stdout
 
 
+def test_piped_tables_are_not_cut(unpinned: Path) -> None:
+    """Issue 12 (13): with stdout not a terminal, info's table keeps repo, sha256 and cache path whole."""
+    run_json("pull", "generalist", "--pin")
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run([sys.executable, "-m", "percept_cli", "models", "info", "generalist"], env=env,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    info = run_json("info", "generalist")
+    for f in info["files"]:
+        assert f["sha256"] in out.stdout and f["cache_path"] in out.stdout and f["repo"] in out.stdout
+
+
+def test_bad_hf_setting_is_one_line(unpinned: Path) -> None:
+    """Issue 12 (8): HF_HUB_ETAG_TIMEOUT=abc makes huggingface_hub fail on import; say which variable."""
+    env = {**os.environ, "HF_HUB_ETAG_TIMEOUT": "abc"}
+    out = subprocess.run([sys.executable, "-m", "percept_cli", "models", "pull", "generalist", "--pin"], env=env,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "HF_HUB_ETAG_TIMEOUT='abc' must be a whole number" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
 def test_errors_name_the_model_and_the_fix(unpinned: Path) -> None:
     assert "use one of generalist" in str(fails_with(ModelError, "info", "nope"))
-    assert "run `percept models pull generalist` first" in str(fails_with(ModelError, "lock", "generalist"))
 
 
 def test_models_cli_does_not_import_torch() -> None:

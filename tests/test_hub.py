@@ -110,7 +110,7 @@ def test_pinned_download_builds_official_source_from_the_cache(official: Officia
     assert official.hub.count("GET", "/resolve/") == 4
     for _, path in official.hub.requests:
         repo = WEIGHTS_REPO if WEIGHTS_REPO in path else SD2
-        assert f"/resolve/{official.commits[repo]}/" in path and "/main/" not in path
+        assert f"/{official.commits[repo]}/" in path.split("?")[0] + "/" and "/main" not in path
 
 
 def test_token_and_hf_home_are_read_at_call_time(official: Official, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +172,7 @@ def test_hub_hash_contradicting_lock_is_refused_before_download(official: Offici
     official.lock.write_text(lock_text("generalist", files))
     with pytest.raises(ChecksumError, match="nothing was downloaded"):
         H.resolve_model("generalist", progress=False)
-    assert official.hub.count("GET") == 0
+    assert official.hub.count("GET", "/resolve/") == 0
 
 
 def test_truncated_download_is_refused(official: Official, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +189,7 @@ def test_server_error_is_a_clear_download_error(official: Official) -> None:
     with pytest.raises(DownloadError, match=r"answered HTTP 500 for dit_moe_generalist.pt"):
         H.resolve_model("generalist", progress=False)
     assert time.monotonic() - t0 < 3
-    assert official.hub.count("GET") == 0  # probed, refused, nothing downloaded
+    assert official.hub.count("GET", "/resolve/") == 0  # probed, refused, nothing downloaded
 
 
 def test_offline_with_empty_cache_fails_fast(official: Official, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,7 +231,7 @@ def test_not_cached_without_download(official: Official) -> None:
 def test_unpinned_entry_is_refused_for_loading(official: Official) -> None:
     official.lock.write_text(lock_text("generalist", official_files(official.data, official.commits, pinned=False)))
     with pytest.raises(ModelNotCachedError, match=r"'generalist' is not cached and unpinned.*`percept models pull "
-                       r"generalist` then `percept models lock generalist`.*--model tiny"):
+                       r"generalist --pin`.*trust on first use.*--model tiny"):
         H.resolve_model("generalist")
     assert official.hub.requests == []
 
@@ -242,6 +242,7 @@ def test_offline_generalist_from_the_repo_lock_fails_fast(monkeypatch, tmp_path)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("PERCEPT_LOCK", str(tmp_path / "no-user.lock"))
     monkeypatch.delenv("PERCEPT_WEIGHTS_LOCK", raising=False)
     start = time.monotonic()
     with pytest.raises(ModelNotCachedError, match=r"'generalist' is not cached.*percept models pull generalist.*--model tiny") as err:
@@ -249,8 +250,8 @@ def test_offline_generalist_from_the_repo_lock_fails_fast(monkeypatch, tmp_path)
     assert time.monotonic() - start < 3 and err.value.exit_code == 1
 
 
-def test_pull_follows_main_then_lock_pins_the_repo_lock_format(official: Official, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lock_pins_main_into_the_repo_lock_format(official: Official, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # The repository's own weights.lock, with the VAE's known hash/size swapped for the stand-in's bytes.
     vae = official.data["vae/diffusion_pytorch_model.safetensors"]
     text = (REPO_ROOT / "weights.lock").read_text()
@@ -260,14 +261,12 @@ def test_pull_follows_main_then_lock_pins_the_repo_lock_format(official: Officia
     lock.write_text(text)
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(lock))
 
-    fetched = H.pull_model("generalist", progress=False)
-    assert {f.revision for f, _ in fetched} == set(official.commits.values())
-    assert official.hub.count("GET", "/api/models/") == 2  # main resolved once per repo
-    written = H.lock_model("generalist")
-    assert all(f.pinned for f in written)
-
+    written = H.lock_model("generalist")  # maintainers: pin into the lock in use
+    assert all(f.pinned for f in written) and {f.revision for f in written} == set(official.commits.values())
+    assert official.hub.count("HEAD", "/resolve/main/") == 2  # main resolved once per repo
     after = lock.read_text()
     assert after.split("[models.generalist]")[0] == text.split("[models.generalist]")[0]  # header, tiny kept
+    assert "# What the .pt cannot say" in after and not Path(os.environ["PERCEPT_LOCK"]).exists()
     entry = L.load_lock(lock).entry("generalist")
     assert entry.pinned and entry.config["num_heads"] == 16
     assert entry.file("weights").sha256 == sha(official.data["dit_moe_generalist.pt"])
@@ -278,18 +277,37 @@ def test_pull_follows_main_then_lock_pins_the_repo_lock_format(official: Officia
     assert not list(tmp_path.glob(".repo-weights.lock.*"))  # no temporary left behind
 
 
-def test_pull_refuses_a_main_that_contradicts_a_known_hash(official: Official) -> None:
+def test_pin_writes_the_user_lock_read_over_the_packaged_one(official: Official) -> None:
+    unpinned = lock_text("generalist", official_files(official.data, official.commits, pinned=False))
+    official.lock.write_text(unpinned)
+    with pytest.raises(ModelNotCachedError, match="percept models pull generalist --pin"):
+        H.pull_model("generalist", progress=False)  # without --pin: no branch is followed
+    H.pull_model("generalist", progress=False, pin=True)
+    user = Path(os.environ["PERCEPT_LOCK"])
+    assert official.lock.read_text() == unpinned  # the packaged lock is never edited
+    assert user.read_text().startswith("# percept's user lock") and "trust on first use" in user.read_text()
+    entry = L.load_lock().entry("generalist")
+    assert entry.pinned and entry.source == user and entry.config == {"num_heads": 2}
+    assert L.load_lock().entry("generalist").file("weights").sha256 == sha(official.data["dit_moe_generalist.pt"])
+    assert H.resolve_model("generalist", download=False).layout == "official"
+    assert L.load_lock(official.lock).entry("generalist").pinned is False  # an explicit path: that file alone
+
+
+def test_pin_refuses_a_main_that_contradicts_a_known_hash(official: Official) -> None:
     files = official_files(official.data, official.commits, pinned=False)
     files[1]["sha256"] = "1" * 64  # the VAE hash is known, the commit is not
     official.lock.write_text(lock_text("generalist", files))
-    with pytest.raises(ChecksumError, match="vae/diffusion_pytorch_model.safetensors"):
-        H.pull_model("generalist", progress=False)
+    with pytest.raises(ChecksumError, match="vae/diffusion_pytorch_model.safetensors.*nothing was downloaded"):
+        H.pull_model("generalist", progress=False, pin=True)
+    assert not Path(os.environ["PERCEPT_LOCK"]).exists()
 
 
-def test_lock_without_pull_says_what_to_run(official: Official) -> None:
+def test_pin_offline_fails_fast(official: Official, monkeypatch: pytest.MonkeyPatch) -> None:
     official.lock.write_text(lock_text("generalist", official_files(official.data, official.commits, pinned=False)))
-    with pytest.raises(ModelError, match="run `percept models pull generalist` first"):
-        H.lock_model("generalist")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotCachedError, match="the Hub cannot be reached"):
+        H.pull_model("generalist", pin=True)
+    assert official.hub.requests == []
 
 
 def test_lock_follows_a_symlinked_lock(official: Official, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,7 +316,6 @@ def test_lock_follows_a_symlinked_lock(official: Official, tmp_path: Path, monke
     link.parent.mkdir()
     link.symlink_to(official.lock)
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(link))
-    H.pull_model("generalist", progress=False)
     H.lock_model("generalist")
     assert link.is_symlink() and L.load_lock(link).entry("generalist").pinned
 
