@@ -18,8 +18,14 @@ import numpy as np
 
 from percept_cli.errors import UsageError
 
-# Surface kinds; the ground and the wall follow the objects in every hit stack.
-SPHERE, BOX, CYLINDER = 0, 1, 2
+try:  # cv2 samples photo textures; the classic renderer needs only numpy
+    import cv2
+except ImportError:  # pragma: no cover
+    cv2 = None
+
+# Surface kinds; the ground and the wall follow the objects in every hit stack. PLANE (a flat cut-out in its
+# local z = 0 plane, silhouette `cut`) and COMPOUND (a union of primitives, `parts`) belong to the photo style.
+SPHERE, BOX, CYLINDER, PLANE, COMPOUND = 0, 1, 2, 3, 4
 _EPS = 1e-6
 _CUBE = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)  # (8, 3) cube corners
 
@@ -49,6 +55,11 @@ class _Texture:
     dirs: np.ndarray  # (J, 3) unit directions (stripes/noise) in the surface's own frame
     phase: np.ndarray  # (J,) or (3,) phases
     axes: tuple[int, ...] = (0, 1, 2)  # checker axes; planes use their two in-plane axes
+    # kind "photo": a photo crop mapped by the surface's own 2-D coordinates (u, v) in metres, so the
+    # texture moves exactly with the surface: texel (x, y) = offset + scale * (u, -v), mirrored-tiled.
+    img: tuple[np.ndarray, ...] = ()  # mip levels, (h, w, 3) float32 RGB albedo each, halving in size
+    scale: float = 1.0  # texels of level 0 per metre
+    offset: np.ndarray | None = None  # (2,) texel position of (u, v) = (0, 0)
 
 
 @dataclass
@@ -62,6 +73,17 @@ class _Object:
     tex: _Texture
     d_centre: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) motion to frame 2
     d_yaw: float = 0.0
+    # photo style: any orientation (local -> world rotation, replaces yaw) and rotation to frame 2
+    # (world frame, about the centre); compound parts [(kind, half, offset)]; cut-out silhouette.
+    rot: np.ndarray | None = None  # (3, 3)
+    d_rot: np.ndarray | None = None  # (3, 3)
+    parts: list | None = None
+    cut: dict | None = None  # {"shape": "rect"|"ellipse"|"polygon", "theta": (K,), "r": (K,)} in units of half
+    floating: bool = False
+
+    def R(self) -> np.ndarray:
+        """Local -> world rotation."""
+        return _rot_y(self.yaw) if self.rot is None else self.rot
 
     @property
     def radius_xz(self) -> float:
@@ -72,7 +94,18 @@ class _Object:
 
     def moved(self) -> _Object:
         """The object's frame-2 pose."""
-        return _Object(self.kind, self.half, self.centre + self.d_centre, self.yaw + self.d_yaw, self.tex)
+        if self.rot is None:
+            return _Object(self.kind, self.half, self.centre + self.d_centre, self.yaw + self.d_yaw, self.tex)
+        return self.at(1.0)
+
+    def at(self, a: float) -> _Object:
+        """A photo-style object moved by the fraction `a` of its motion (rotation by a fraction of its angle)."""
+        from scipy.spatial.transform import Rotation
+
+        d_rot = np.eye(3) if self.d_rot is None else self.d_rot
+        turn = d_rot if a == 1.0 else Rotation.from_rotvec(a * Rotation.from_matrix(d_rot).as_rotvec()).as_matrix()
+        return _Object(self.kind, self.half, self.centre + a * self.d_centre, 0.0, self.tex, rot=turn @ self.rot,
+                       parts=self.parts, cut=self.cut, floating=self.floating)
 
 
 @dataclass
@@ -98,6 +131,25 @@ class _World:
     ambient: float
     haze_rgb: np.ndarray  # (3,)
     haze: float  # extinction per metre
+    # photo style: the background is a list of planes (ground, back wall, side walls, ceiling...) in place
+    # of ground + wall; an emissive plane (a photo backdrop or sky) is drawn unshaded and unhazed.
+    planes: list | None = None  # [_Plane]
+
+
+@dataclass
+class _Plane:
+    """An infinite background plane {p[axis] = value} whose normal sign * e_axis faces the scene."""
+
+    axis: int
+    value: float
+    sign: float
+    tex: _Texture
+    emissive: float = 0.0  # > 0: unshaded, this gain; its depth is still its own (exact flow and depth)
+
+    @property
+    def uv_axes(self) -> tuple[int, int]:
+        """World axes of the plane's texture coordinates (u, v); v points up on walls."""
+        return {0: (2, 1), 1: (0, 2), 2: (0, 1)}[self.axis]
 
 
 def _rot_y(a: float) -> np.ndarray:
@@ -133,23 +185,57 @@ def _col(v: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def _hit_object(obj: _Object, o: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Ray parameter of the first hit with t > 0, inf on a miss; o and d are (3,) or (3, M), one of them (3, M)."""
-    rt = _rot_y(obj.yaw).T  # world -> local
+    rt = obj.R().T  # world -> local
     ol = rt @ (o - _col(obj.centre, o))  # (3,) or (3, M), origin in the object's frame
     dl = rt @ d  # (3,) or (3, M)
+    if obj.kind == COMPOUND:  # a union: the nearest hit of its parts
+        t = np.inf
+        for kind, half, off in obj.parts:
+            t = np.minimum(t, _hit_local(kind, half, ol - _col(off, ol), dl, None))
+        return t
+    return _hit_local(obj.kind, obj.half, ol, dl, obj.cut)
+
+
+def _inside_cut(cut: dict | None, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether points (x, y), in units of the cut-out's half extents, lie inside its silhouette."""
+    if cut is None or cut["shape"] == "rect":
+        return (np.abs(x) <= 1.0) & (np.abs(y) <= 1.0)
+    if cut["shape"] == "ellipse":
+        return x * x + y * y <= 1.0
+    # A star-shaped polygon: vertices at angles theta (sorted, in [0, 2 pi)) and radii r; a point is inside
+    # when it is nearer the centre than the polygon's edge along the same direction.
+    th, r = cut["theta"], cut["r"]
+    vx, vy = r * np.cos(th), r * np.sin(th)  # (K,)
+    phi = np.mod(np.arctan2(y, x), 2 * np.pi)
+    i = (np.searchsorted(th, phi, side="right") - 1) % len(th)  # edge from vertex i to i + 1
+    j = (i + 1) % len(th)
+    ex, ey = vx[j] - vx[i], vy[j] - vy[i]
+    # Edge point along direction (c, s): rho = (v_i x e) / ((c, s) x e).
+    c, s = np.cos(phi), np.sin(phi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (vx[i] * ey - vy[i] * ex) / (c * ey - s * ex)
+    return np.hypot(x, y) <= rho
+
+
+def _hit_local(kind: int, half: np.ndarray, ol: np.ndarray, dl: np.ndarray, cut: dict | None) -> np.ndarray:
+    """First hit t > 0 of a primitive in its own frame (ray origin ol, direction dl), inf on a miss."""
     ox, oy, oz = ol
     dx, dy, dz = dl
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if obj.kind == SPHERE:
+        if kind == PLANE:
+            t = -oz / dz
+            ok = (t > _EPS) & _inside_cut(cut, (ox + t * dx) / half[0], (oy + t * dy) / half[1])
+        elif kind == SPHERE:
             a = dx * dx + dy * dy + dz * dz
             b = ox * dx + oy * dy + oz * dz
-            c = ox * ox + oy * oy + oz * oz - obj.half[0] ** 2
+            c = ox * ox + oy * oy + oz * oz - half[0] ** 2
             disc = b * b - a * c
             t = (-b - np.sqrt(disc)) / a
             ok = (disc > 0) & (t > _EPS)
-        elif obj.kind == BOX:
+        elif kind == BOX:
             # Slab test; a zero direction component gives +-inf (or nan, a miss) as it should.
             tmin, tmax = -np.inf, np.inf
-            for oi, di, ei in zip(ol, dl, obj.half):
+            for oi, di, ei in zip(ol, dl, half):
                 inv = 1.0 / di
                 t1, t2 = (-ei - oi) * inv, (ei - oi) * inv
                 tmin = np.maximum(tmin, np.minimum(t1, t2))
@@ -157,7 +243,7 @@ def _hit_object(obj: _Object, o: np.ndarray, d: np.ndarray) -> np.ndarray:
             t = tmin
             ok = (tmax >= tmin) & (tmin > _EPS)
         else:
-            rad, hh = obj.half[0], obj.half[1]
+            rad, hh = half[0], half[1]
             a = dx * dx + dz * dz
             b = ox * dx + oz * dz
             c = ox * ox + oz * oz - rad * rad
@@ -185,6 +271,10 @@ def _hit_planes(o: np.ndarray, d: np.ndarray, wall_z: float) -> tuple[np.ndarray
 
 def _bound_radius(obj: _Object) -> float:
     """Radius of a sphere about the centre that holds the whole object."""
+    if obj.kind == PLANE:
+        return float(np.hypot(obj.half[0], obj.half[1]))
+    if obj.kind == COMPOUND:  # half is the parts' bounding box
+        return float(np.linalg.norm(obj.half))
     if obj.kind == SPHERE:
         return float(obj.half[0])
     if obj.kind == BOX:
@@ -218,12 +308,30 @@ def _hit_image(obj: _Object, cam: _Camera, d: np.ndarray) -> np.ndarray:
     return t
 
 
-def _cast(cam: _Camera, d: np.ndarray, objs: list[_Object], wall_z: float) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest hit distance (H, W) and surface id (H, W): objects 0..K-1, ground K, wall K+1."""
-    tg, tw = _hit_planes(cam.pos, d, wall_z)
+def _hit_background(o: np.ndarray, d: np.ndarray, planes: list[_Plane], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest background plane hit (...) and its surface id k + plane index (...); inf where none is hit."""
+    t = np.full(d.shape[1:], np.inf)
+    ids = np.full(d.shape[1:], k, np.int8)
+    for j, pl in enumerate(planes):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tj = (pl.value - o[pl.axis]) / d[pl.axis]
+        tj = np.where((d[pl.axis] * pl.sign < 0) & (tj > _EPS), tj, np.inf)
+        closer = tj < t
+        t = np.where(closer, tj, t)
+        ids[closer] = k + j
+    return t, ids
+
+
+def _cast(cam: _Camera, d: np.ndarray, objs: list[_Object], world: _World) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit distance (H, W) and surface id (H, W): objects 0..K-1, then ground K, wall K+1 (classic)
+    or the world's planes K, K+1, ... (photo style)."""
     k = len(objs)
-    t = np.minimum(tg, tw)
-    ids = np.where(tg < tw, k, k + 1).astype(np.int8)  # (H, W); at most 9 surfaces
+    if world.planes is not None:
+        t, ids = _hit_background(cam.pos, d, world.planes, k)
+    else:
+        tg, tw = _hit_planes(cam.pos, d, world.wall_z)
+        t = np.minimum(tg, tw)
+        ids = np.where(tg < tw, k, k + 1).astype(np.int8)  # (H, W); at most 9 surfaces
     for i, obj in enumerate(objs):
         rect = _screen_rect(obj, cam, *t.shape)
         if rect is None:
@@ -264,29 +372,100 @@ def _pattern(tex: _Texture, p: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + 1.4 * (np.sin(arg) * amp).sum(axis=0), 0.0, 1.0)
 
 
+def _normal_local(kind: int, half: np.ndarray, pl: np.ndarray) -> np.ndarray:
+    """Outward unit normals (3, M) of a primitive at its own-frame surface points pl (3, M)."""
+    m = pl.shape[1]
+    if kind == PLANE:
+        return np.broadcast_to(np.array([[0.0], [0.0], [1.0]]), (3, m))
+    if kind == SPHERE:
+        return pl / half[0]
+    if kind == BOX:
+        q = np.abs(pl) / half[:, None]  # (3, M)
+        ax = q.argmax(axis=0)
+        nl = np.zeros_like(pl)
+        nl[ax, np.arange(m)] = np.sign(pl[ax, np.arange(m)])
+        return nl
+    radial = np.maximum(np.hypot(pl[0], pl[2]), 1e-9)
+    cap = np.abs(pl[1]) / half[1] > radial / half[0]
+    up = np.array([[0.0], [1.0], [0.0]])  # (3, 1)
+    return np.where(cap, up * np.sign(pl[1]), (pl - up * pl[1]) / radial)  # (3, M)
+
+
+def _level(kind: int, half: np.ndarray, pl: np.ndarray) -> np.ndarray:
+    """A primitive's implicit size (M,) at own-frame points: 1 on its surface, < 1 inside, > 1 outside."""
+    if kind == SPHERE:
+        return np.sqrt((pl * pl).sum(axis=0)) / half[0]
+    if kind == BOX:
+        return (np.abs(pl) / half[:, None]).max(axis=0)
+    return np.maximum(np.hypot(pl[0], pl[2]) / half[0], np.abs(pl[1]) / half[1])
+
+
+# Texture coordinates on an object face: the two local axes across the normal's dominant axis.
+_U_AXIS, _V_AXIS = np.array([2, 0, 0]), np.array([1, 2, 1])
+
+
 def _surface(k: int, objs: list[_Object], world: _World, pw: np.ndarray) -> tuple[np.ndarray, np.ndarray, _Texture]:
-    """Texture coordinates (3, M), world normals (3, M) and texture of surface k at world points pw (3, M)."""
+    """Texture coordinates (3, M) (or (2, M) (u, v) for photo textures), world normals (3, M) and texture of
+    surface k at world points pw (3, M)."""
     m = pw.shape[1]
+    if world.planes is not None and k >= len(objs):  # photo style: a background plane
+        pln = world.planes[k - len(objs)]
+        n = np.zeros((3, 1))
+        n[pln.axis] = pln.sign
+        return (pw[list(pln.uv_axes)] if pln.tex.kind == "photo" else pw), np.broadcast_to(n, (3, m)), pln.tex
     if k == len(objs):  # ground: texture in world x-z, normal up
         return pw, np.broadcast_to(np.array([[0.0], [1.0], [0.0]]), (3, m)), world.ground
     if k == len(objs) + 1:  # back wall: texture in world x-y, normal towards the camera
         return pw, np.broadcast_to(np.array([[0.0], [0.0], [-1.0]]), (3, m)), world.wall
     obj = objs[k]
-    r = _rot_y(obj.yaw)
+    r = obj.R()
     pl = r.T @ (pw - obj.centre[:, None])  # (3, M) object-local, so the texture moves with the object
-    if obj.kind == SPHERE:
-        nl = pl / obj.half[0]
-    elif obj.kind == BOX:
-        q = np.abs(pl) / obj.half[:, None]  # (3, M)
-        ax = q.argmax(axis=0)
-        nl = np.zeros_like(pl)
-        nl[ax, np.arange(m)] = np.sign(pl[ax, np.arange(m)])
+    if obj.kind == COMPOUND:
+        # The union's surface lies on one part and outside the others: the part of smallest level.
+        levels = np.stack([_level(kind, half, pl - off[:, None]) for kind, half, off in obj.parts])  # (P, M)
+        part = levels.argmin(axis=0)
+        nl = np.empty_like(pl)
+        for j, (kind, half, off) in enumerate(obj.parts):
+            sel = part == j
+            nl[:, sel] = _normal_local(kind, half, pl[:, sel] - off[:, None])
     else:
-        radial = np.maximum(np.hypot(pl[0], pl[2]), 1e-9)
-        cap = np.abs(pl[1]) / obj.half[1] > radial / obj.half[0]
-        up = np.array([[0.0], [1.0], [0.0]])  # (3, 1)
-        nl = np.where(cap, up * np.sign(pl[1]), (pl - up * pl[1]) / radial)  # (3, M)
+        nl = _normal_local(obj.kind, obj.half, pl)
+    if obj.tex.kind == "photo":
+        if obj.kind == PLANE:
+            return pl[:2], r @ nl, obj.tex
+        ax = np.abs(nl).argmax(axis=0)  # (M,)
+        cols = np.arange(m)
+        return np.stack([pl[_U_AXIS[ax], cols], pl[_V_AXIS[ax], cols]]), r @ nl, obj.tex
     return pl, r @ nl, obj.tex
+
+
+def _mirror(x: np.ndarray, n: int) -> np.ndarray:
+    """Texel coordinates folded into [-0.5, n - 0.5] by mirrored tiling (continuous at every fold)."""
+    x = np.mod(x + 0.5, 2 * n)
+    return np.where(x > n, 2 * n - x, x) - 0.5
+
+
+def _photo_albedo(tex: _Texture, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Albedo (3, M) of a photo texture at coordinates uv (2, M) metres, trilinear over its mip levels by the
+    pixel footprint (metres), so that minified photos do not alias."""
+    x = (tex.offset[0] + tex.scale * uv[0]).astype(np.float32)  # (M,) level-0 texels
+    y = (tex.offset[1] - tex.scale * uv[1]).astype(np.float32)
+    lod = np.clip(np.log2(np.maximum(footprint * tex.scale, 1e-6)), 0, len(tex.img) - 1).astype(np.float32)
+    lo = np.floor(lod).astype(int)
+    frac = lod - lo
+    out = np.zeros((len(x), 3), np.float32)
+    for lev in range(len(tex.img)):
+        w = np.where(lo == lev, 1 - frac, 0) + np.where(lo + 1 == lev, frac, 0)
+        sel = np.flatnonzero(w > 0)
+        if not len(sel):
+            continue
+        img = tex.img[lev]
+        s = 0.5**lev  # level-0 texel centres -> this level's
+        mx = _mirror((x[sel] + 0.5) * s - 0.5, img.shape[1]).astype(np.float32)
+        my = _mirror((y[sel] + 0.5) * s - 0.5, img.shape[0]).astype(np.float32)
+        got = cv2.remap(img, mx[:, None], my[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)  # (M', 1, 3)
+        out[sel] += w[sel, None] * got[:, 0]
+    return out.T
 
 
 def _in_shadow(pw: np.ndarray, ids: np.ndarray, objs: list[_Object], light: np.ndarray) -> np.ndarray:
@@ -313,21 +492,31 @@ def _shade(pw: np.ndarray, ids: np.ndarray, dist: np.ndarray, cam: _Camera, objs
     m = pw.shape[1]
     albedo = np.empty((3, m), np.float32)
     lambert = np.empty(m, np.float32)
+    n_bg = 2 if world.planes is None else len(world.planes)
     order = np.argsort(ids.astype(np.int8, copy=False), kind="stable")  # int8 sorts several times faster
-    bounds = np.searchsorted(ids[order], np.arange(len(objs) + 3))
-    for k in range(len(objs) + 2):
+    bounds = np.searchsorted(ids[order], np.arange(len(objs) + n_bg + 1))
+    emit = []  # photo style: (pixels, gain) of emissive planes
+    for k in range(len(objs) + n_bg):
         sel = order[bounds[k]:bounds[k + 1]]
         if not len(sel):
             continue
         p_w = pw[:, sel]  # (3, M_k)
         p, n, tex = _surface(k, objs, world, p_w)
-        cos = np.abs(((cam.pos[:, None] - p_w) * n).sum(axis=0)) / dist[sel]
+        facing = ((cam.pos[:, None] - p_w) * n).sum(axis=0)
+        cos = np.abs(facing) / dist[sel]
         # Metres covered by one pixel here, for anti-aliasing: the geometric mean of the footprint
         # across (1) and along (1 / cos) the foreshortening, so rotating faces keep a steady contrast.
         footprint = dist[sel] / (cam.f * np.sqrt(np.maximum(cos, 0.05)))
-        v = _pattern(tex, p, footprint)  # (M_k,)
-        albedo[:, sel] = tex.c1[:, None] + (tex.c2 - tex.c1)[:, None] * v
+        if tex.kind == "photo":
+            albedo[:, sel] = _photo_albedo(tex, p, footprint)
+        else:
+            v = _pattern(tex, p, footprint)  # (M_k,)
+            albedo[:, sel] = tex.c1[:, None] + (tex.c2 - tex.c1)[:, None] * v
+        if k < len(objs) and objs[k].kind == PLANE:  # a cut-out is lit on the side that faces the camera
+            n = n * np.where(facing < 0, -1.0, 1.0)
         lambert[sel] = world.light @ n
+        if k >= len(objs) and world.planes is not None and world.planes[k - len(objs)].emissive > 0:
+            emit.append((sel, world.planes[k - len(objs)].emissive))
     np.maximum(lambert, 0.0, out=lambert)
     if shadows:
         lit = np.flatnonzero(lambert > 0)
@@ -337,6 +526,8 @@ def _shade(pw: np.ndarray, ids: np.ndarray, dist: np.ndarray, cam: _Camera, objs
     gain = (world.ambient + (1 - world.ambient) * lambert) * keep * 255.0  # (M,)
     col = albedo * gain * world.light_rgb[:, None].astype(np.float32)
     col += (world.haze_rgb * 255.0)[:, None].astype(np.float32) * (1 - keep)
+    for sel, g in emit:  # a sky or photo backdrop: its own light, no shading, no haze
+        col[:, sel] = albedo[:, sel] * np.float32(255.0 * g)
     col += 0.5  # round, not truncate, in the cast below
     out = np.empty((m, 3), np.uint8)
     np.clip(col.T, 0, 255, out=out, casting="unsafe")
@@ -347,7 +538,7 @@ def _render(cam: _Camera, objs: list[_Object], world: _World, h: int, w: int,
             shadows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Colour (N, 3), z-depth (N,), surface ids (N,), world hits (3, N) and ray dirs (3, N)."""
     d = _ray_dirs(cam, h, w)  # (3, H, W)
-    t, ids = _cast(cam, d, objs, world.wall_z)  # (H, W) each
+    t, ids = _cast(cam, d, objs, world)  # (H, W) each
     assert np.isfinite(t).all(), "every ray must hit the ground or the wall"
     d, t, ids = d.reshape(3, -1), t.ravel(), ids.ravel()
     pw = cam.pos[:, None] + t * d  # (3, N)
