@@ -92,15 +92,15 @@ def test_cost_volume_is_reused_for_the_same_frames_only_outside_autograd():
     a, b = torch.rand(2, 6, 24, 24), torch.rand(2, 6, 24, 24)
     with torch.no_grad():
         first = enc(a)
-        cached = enc._last[1]
+        cached = enc.reuse.last[1]
         again = enc(a.clone())  # equal frames in a new tensor, as each denoising step passes them
-        assert enc._last[1] is cached  # reused, not recomputed
+        assert enc.reuse.last[1] is cached  # reused, not recomputed
         torch.testing.assert_close(again, first, atol=0, rtol=0)
         other = enc(b)  # new frames: recomputed
         torch.testing.assert_close(other, enc.head(enc.cost_volume(b)), atol=0, rtol=0)
-        assert enc._last[1] is not cached
+        assert enc.reuse.last[1] is not cached
         a_half = a.clone()
         a_half[0, 0, 0, 0] += 1e-3  # one changed pixel is a different pair of frames
         torch.testing.assert_close(enc(a_half), enc.head(enc.cost_volume(a_half)), atol=0, rtol=0)
     out = enc(a)  # training: fresh, differentiable through the head, nothing kept
-    assert out.requires_grad and enc._last is None
+    assert out.requires_grad and enc.reuse.last is None

@@ -122,7 +122,7 @@ def test_presets():
 
 
 def test_gelu_form_per_dtype_and_its_error_is_below_bf16_rounding():
-    from percept_cli.models.moe import gelu_approximation
+    from percept_cli.models.fastpath import gelu_approximation
 
     x = torch.linspace(-8, 8, 100001)
     assert gelu_approximation(x) == "tanh" and gelu_approximation(x.bfloat16()) == "none"

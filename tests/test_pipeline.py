@@ -17,7 +17,7 @@ CONFIG = dict(resolution=32, steps=4, tasks=["depth", "flow", "amodal"], flow_sc
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor(tiny_dit(num_experts=4), PixelSpace(), SD2_SCHEDULER, CONFIG, device="cpu")
+    return Predictor(tiny_dit(num_experts=4), PixelSpace(), SD2_SCHEDULER, CONFIG, device="cpu", dtype="fp32")
 
 
 def inputs(task, n=2, seed=0, hw=(40, 52)):

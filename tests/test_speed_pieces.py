@@ -111,7 +111,7 @@ def test_benchmark_reference_matches_batched_predictor():
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
     pred = Predictor(tiny_dit(num_experts=4), PixelSpace(), SD2_SCHEDULER,
-                     dict(resolution=32, tasks=["depth", "flow"], flow_scale=[8.0, 8.0]), device="cpu")
+                     dict(resolution=32, tasks=["depth", "flow"], flow_scale=[8.0, 8.0]), device="cpu", dtype="fp32")
     rng = np.random.default_rng(0)
     item = TaskInput(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), rng.integers(0, 256, (40, 52, 3), dtype=np.uint8))
     settings = pred.settings("flow", steps=3, ensemble=2, batch_size=4, seed=5)

@@ -72,7 +72,7 @@ def test_checkpoint_loads_in_predictor(tmp_path):
 
     trainer = run(TrainConfig(out=str(tmp_path), max_steps=2, **TINY), log=lambda m: None)
     src = ModelSource("run", "percept", root=tmp_path / "checkpoint-last")
-    pred = Predictor.from_source(src, device="cpu")
+    pred = Predictor.from_source(src, device="cpu", dtype="fp32")  # fp32: its weights equal the EMA's
     assert pred.config["resolution"] == 32 and pred.settings("depth").ensemble == TrainConfig().default_ensemble
     (res,) = pred.predict("depth", [TaskInput(np.zeros((20, 30, 3), np.uint8))], pred.settings("depth", steps=2, ensemble=1))
     assert res.depth.shape == (20, 30)

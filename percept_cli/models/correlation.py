@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from percept_cli.models.fastpath import ReuseForEqualInput
+
 
 def local_correlation(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
     """a, b (N, C, H, W) -> (N, (2r+1)^2, H, W): mean over C of a(x) * b(x + d), offsets d row-major.
@@ -53,28 +55,15 @@ class MotionEncoder(nn.Module):
     The cost volume is fixed (normalised cross-correlation of 3x3 patches over a pyramid), so it
     costs no backward pass; a learned 1x1 conv compresses it for the patch embedding. Sampling calls
     the model once per denoising step with the same frames, so outside autograd the last cost volume
-    is kept and reused while the frames are exactly equal.
+    is kept and reused while the frames are exactly equal (fastpath.ReuseForEqualInput; the volume
+    costs ~15% of a tiny forward on a CPU).
     """
 
     def __init__(self, out_ch: int, radius: int = 2, levels: int = 3):
         super().__init__()
         self.radius, self.levels = radius, levels
         self.head = nn.Conv2d(levels * (2 * radius + 1) ** 2, out_ch, 1)  # cost volume -> out_ch
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (frames, their cost volume)
-
-    def cached_cost_volume(self, frames: torch.Tensor) -> torch.Tensor:
-        """`cost_volume`, reused for the same frames between calls outside autograd (an equality check
-        costs a read of the frames; the volume costs ~15% of a tiny forward on a CPU)."""
-        if torch.is_grad_enabled():
-            self._last = None
-            return self.cost_volume(frames)
-        last = self._last
-        if (last is not None and last[0].shape == frames.shape and last[0].dtype == frames.dtype
-                and last[0].device == frames.device and torch.equal(last[0], frames)):
-            return last[1]
-        cost = self.cost_volume(frames)
-        self._last = (frames.clone(), cost)
-        return cost
+        self.reuse = ReuseForEqualInput()  # sampling passes the same frames every step
 
     @torch.no_grad()
     def cost_volume(self, frames: torch.Tensor) -> torch.Tensor:
@@ -94,5 +83,5 @@ class MotionEncoder(nn.Module):
         return torch.cat(costs, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        cost = self.cached_cost_volume(frames)  # (N, levels*(2r+1)^2, H, W)
+        cost = self.reuse(self.cost_volume, frames)  # (N, levels*(2r+1)^2, H, W), kept while frames are equal
         return self.head(cost.to(self.head.weight.dtype))  # (N, out_ch, H, W)

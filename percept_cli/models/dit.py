@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from percept_cli.models.correlation import MotionEncoder
+from percept_cli.models.fastpath import attention
 from percept_cli.models.moe import MoE, Mlp
 
 
@@ -115,13 +115,7 @@ class Attention(nn.Module):
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (N, H, T, d/H) each
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and t <= 1024:
-            # On a CPU, bf16 SDPA's flash kernel is ~1.6x slower than two bf16 matmuls and a softmax
-            # at these sizes; the (N, H, T, T) scores stay small for T <= 1024.
-            scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, H, T, T)
-            x = scores.float().softmax(dim=-1).to(v.dtype) @ v  # softmax in fp32 (as autocast would)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, d/H)
+        x = attention(q, k, v)  # scaled_dot_product_attention (fastpath: a CPU bf16 route)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
 
 

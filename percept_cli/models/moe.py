@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from percept_cli.models.fastpath import gelu
+
 
 class Mlp(nn.Module):
     """Two-layer MLP with tanh-approximated GELU (timm's Mlp as DiT uses it)."""
@@ -21,19 +23,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        return self.fc2(F.gelu(h, approximate=gelu_approximation(h)))
-
-
-def gelu_approximation(h: torch.Tensor) -> str:
-    """DiT's tanh GELU, except for bf16/fp16 on a CPU, where the exact (erf) GELU is used.
-
-    On a CPU torch's 16-bit tanh-GELU kernel runs about 4x slower than the erf one. The two differ
-    by at most 4.7e-4, and by under a tenth of the bf16 rounding already in the GELU's input
-    wherever |x| > 0.5 (under 2e-5 below that), so the swap is lost in bf16's own error (a test
-    checks both); fp32 and GPUs keep the tanh form bit for bit.
-    """
-    return "none" if h.dtype in (torch.bfloat16, torch.float16) and h.device.type == "cpu" else "tanh"
+        return self.fc2(gelu(self.fc1(x)))  # tanh GELU (fastpath.gelu: erf for 16-bit on a CPU)
 
 
 class MoE(nn.Module):
