@@ -52,7 +52,7 @@ def list_models(json_out: JsonOpt = False) -> None:
     lock = lockfile.load_lock()
     rows = []
     for entry in lock.models.values():
-        have = sum(p is not None for _, p in hub.cache_state(entry))
+        have = sum(p is not None for _, p in [(f, hub.cached_file(f)) for f in entry.files])
         rows.append({"name": entry.name, "default": entry.name == lock.default, "description": entry.description,
                      "tasks": list(entry.tasks), "parameters": entry.parameters, "layout": entry.layout,
                      "builtin": entry.builtin, "download_size": entry.download_size, "files": len(entry.files),
@@ -79,7 +79,7 @@ def pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Download and verify a model (--pin: pin an unpinned one first, trust on first use)."""
-    hub.check_hf_env()
+    hub.hf_hub()
     entry = None if name.startswith("hf://") else lockfile.load_lock().entry(name)
     if entry is not None and not entry.builtin and not entry.pinned and not pin:
         raise ModelNotCachedError(f"model '{name}' is unpinned in {entry.source}: run `percept models pull "
@@ -119,7 +119,7 @@ def verify(
     bad = [(model, c) for model, checks in results.items() for c in checks if c.status == "mismatch"]
     if bad:
         model, c = bad[0]
-        fix = hub.fix_for(lockfile.load_lock().entry(model)).removeprefix("the cached file was deleted; ")
+        fix = hub.fix_for(lockfile.load_lock().entry(model))
         raise ChecksumError(f"{c.path} (model '{model}', {c.file.path}) has sha256 {c.sha256} and {c.size} bytes, "
                             f"the lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: {fix}"
                             + (f" ({len(bad)} bad files)" if len(bad) > 1 else ""))
@@ -135,7 +135,7 @@ def info(name: NameArg, json_out: JsonOpt = False) -> None:
            "layout": entry.layout, "builtin": entry.builtin, "folder": entry.folder or None, "config": entry.config,
            "pinned": entry.pinned, "download_size": entry.download_size,
            "hub_cache": None if entry.builtin else str(hub.hub_cache_dir()),
-           "files": [_file_json(f, p) for f, p in hub.cache_state(entry)]}
+           "files": [_file_json(f, p) for f, p in [(f, hub.cached_file(f)) for f in entry.files]]}
     if json_out:
         return _emit(obj)
     for key, value in obj.items():
