@@ -1,4 +1,4 @@
-"""weights.lock: the pinned model table, read and validated, and the user lock read over it.
+"""weights.lock: the pinned model table, read and validated, with the user lock read over it.
 
 Each model is a `[models.NAME]` table (layout, tasks, parameters, builtin folder or Hub files) with
 `[[models.NAME.files]]` blocks pinning every file to a full commit, a size and a sha256. The packaged
@@ -50,7 +50,7 @@ class LockEntry:
     """One model of the lock; `source` is the lock file its files come from."""
 
     name: str
-    layout: str
+    layout: str  # "percept" (our safetensors folder) or "official" (the paper's .pt + SD2's VAE)
     source: Path
     description: str = ""
     tasks: tuple[str, ...] = ()
@@ -75,7 +75,7 @@ class LockEntry:
 
 @dataclass(frozen=True)
 class Lock:
-    """The packaged lock (`path`) with the user lock (`user`, None if not read) over it."""
+    """The lock in use (`path`) with the user lock (`user`, None if none was read) over it."""
 
     path: Path
     user: Path | None
@@ -95,9 +95,8 @@ def lock_path() -> Path:
 
 def user_lock_path() -> Path:
     """$PERCEPT_LOCK, else weights.lock in the user's config folder ($XDG_CONFIG_HOME or ~/.config)."""
-    if os.environ.get("PERCEPT_LOCK"):
-        return Path(os.environ["PERCEPT_LOCK"]).expanduser()
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config").expanduser() / "percept/weights.lock"
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "percept" / "weights.lock"
+    return Path(os.environ.get("PERCEPT_LOCK") or config).expanduser()
 
 
 def read_json(path: str | Path, default: Any = ModelError) -> Any:
@@ -112,47 +111,40 @@ def read_json(path: str | Path, default: Any = ModelError) -> Any:
         raise ModelError(f"cannot read '{path}': {e}; fix or re-download the file") from None
 
 
-def _read_toml(p: Path) -> dict[str, Any]:
-    import tomlkit
-
-    try:
-        return tomlkit.parse(p.read_text(encoding="utf-8")).unwrap()
-    except FileNotFoundError:
-        raise ModelError(f"{p.name} not found at {p}: fix PERCEPT_WEIGHTS_LOCK / PERCEPT_LOCK or reinstall percept") \
-            from None
-    except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as e:
-        raise ModelError(f"{p} is not valid TOML ({e}): fix it or restore it") from None
-
-
 def load_lock(path: str | Path | None = None) -> Lock:
     """Read and validate the lock in use with the user lock over it (an explicit path: that file alone)."""
-    base_path = Path(path).expanduser() if path else lock_path()
+    import tomlkit
+
+    base = Path(path).expanduser() if path else lock_path()
     user = None if path or not user_lock_path().is_file() else user_lock_path()
-    layers = [(base_path, _read_toml(base_path))] + ([(user, _read_toml(user))] if user else [])
     tables: dict[str, dict[str, Any]] = {}
     sources: dict[str, Path] = {}
-    for p, data in layers:
-        if not isinstance(data.get("models", {}), dict):
+    default = ""
+    for p in [base] + ([user] if user else []):
+        try:
+            data = tomlkit.parse(p.read_text(encoding="utf-8")).unwrap()
+        except FileNotFoundError:
+            raise ModelError(f"weights.lock not found at {p}: fix PERCEPT_WEIGHTS_LOCK or reinstall percept") from None
+        except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as e:
+            raise ModelError(f"{p} is not valid TOML ({e}): fix it or restore it from the repository") from None
+        models = data.get("models", {})
+        if not isinstance(models, dict) or not all(isinstance(raw, dict) for raw in models.values()):
             raise ModelError(f"{p}: `models` must be a table of [models.NAME] tables: fix it")
-        for name, raw in data.get("models", {}).items():
-            if not isinstance(raw, dict):
-                raise ModelError(f"{p}: model '{name}': must be a table: fix it")
+        for name, raw in models.items():
             tables[name] = {**tables.get(name, {}), **raw}
-            if "files" in raw or name not in sources:
-                sources[name] = p
+            sources[name] = p if "files" in raw or name not in sources else sources[name]
+        default = data.get("default") or default
     models = {name: _parse_entry(sources[name], name, raw) for name, raw in tables.items()}
-    default = next((d for _, data in reversed(layers) if (d := data.get("default"))), "")
     if not isinstance(default, str) or (default and default not in models):
-        raise ModelError(f"{base_path}: default = {default!r} is not one of its models ({', '.join(models)}): fix it")
-    return Lock(base_path, user, default, models)
+        raise ModelError(f"{base}: default = {default!r} is not one of its models ({', '.join(models)}): fix it")
+    return Lock(base, user, default, models)
 
 
 def default_model_name(lock: Lock | None = None) -> str:
     """The model used without --model: $PERCEPT_MODEL, else the lock's `default`."""
     if env := os.environ.get("PERCEPT_MODEL", "").strip():
         return env
-    lock = lock or load_lock()
-    if not lock.default:
+    if not (lock := lock or load_lock()).default:
         raise ModelError(f"{lock.path} names no default model: pass --model NAME or set PERCEPT_MODEL")
     return lock.default
 
@@ -164,28 +156,28 @@ def _parse_entry(path: Path, name: str, raw: dict[str, Any]) -> LockEntry:
         if not ok:
             raise ModelError(f"{path}: model '{name}': {msg}: fix {path.name}")
 
+    relpath = lambda p: isinstance(p, str) and p and not p.startswith(("/", "\\")) and ".." not in p.split("/")
     check(NAME_RE.fullmatch(name), "names may only use letters, digits, '_' and '-'")
     check(raw.get("layout") in ("percept", "official"), f"layout = {raw.get('layout')!r} must be percept or official")
     builtin, folder = raw.get("builtin", False), raw.get("folder", "")
-    check(builtin in (True, False) and (not builtin or _safe_relpath(folder)),
+    check(builtin in (True, False) and (not builtin or relpath(folder)),
           'builtin = true needs folder = "assets/NAME" (a relative path inside the package)')
     check(isinstance(raw.get("files", []), list), "files must be an array of tables ([[models.NAME.files]])")
     files = []
     for i, f in enumerate(raw.get("files", [])):
         check(isinstance(f, dict) and not set(f) - set(LockFile.__dataclass_fields__),
               f"files[{i}] may only hold role, repo, revision, path, size, sha256")
-        lf = LockFile(**{"role": "", "path": "", **f})
-        check(lf.role in ROLES, f"files[{i}].role = {lf.role!r} must be one of {', '.join(ROLES)}")
-        check(_safe_relpath(lf.path), f"files[{i}].path = {lf.path!r} must be a relative path without '..'")
-        check(type(lf.size) is int and lf.size >= 0, f"files[{i}].size must be a byte count (0 = unknown)")
-        check(isinstance(lf.sha256, str) and (not lf.sha256 or SHA256_RE.fullmatch(lf.sha256)),
-              f'files[{i}].sha256 must be 64 lowercase hex digits or ""')
-        check(isinstance(lf.revision, str) and (not lf.revision or COMMIT_RE.fullmatch(lf.revision)),
-              f'files[{i}].revision = {lf.revision!r} must be a full 40-hex commit or "" (never a branch)')
-        check(not builtin or not (lf.repo or lf.revision), f"files[{i}]: builtin files have no repo or revision")
-        check(builtin or (isinstance(lf.repo, str) and "/" in lf.repo),
-              f'files[{i}].repo must be a Hub repo id like "owner/name"')
-        files.append(lf)
+        f = LockFile(**{"role": "", "path": "", **f})
+        for ok, msg in ((f.role in ROLES, f"role = {f.role!r} must be one of {', '.join(ROLES)}"),
+                        (relpath(f.path), f"path = {f.path!r} must be a relative path without '..'"),
+                        (type(f.size) is int and f.size >= 0, "size must be a byte count (0 = unknown)"),
+                        (f.sha256 == "" or SHA256_RE.fullmatch(str(f.sha256)), "sha256 must be 64 lowercase hex digits"),
+                        (f.revision == "" or COMMIT_RE.fullmatch(str(f.revision)),
+                         f'revision = {f.revision!r} must be a full 40-hex commit or "" (never a branch)'),
+                        (not builtin or not (f.repo or f.revision), ": builtin files have no repo or revision"),
+                        (builtin or (isinstance(f.repo, str) and "/" in f.repo), 'repo must be like "owner/name"')):
+            check(ok, f"files[{i}]" + ("" if msg.startswith(":") else ".") + msg)
+        files.append(f)
     check(isinstance(raw.get("tasks", []), list) and isinstance(raw.get("config", {}), dict),
           "tasks must be an array and config a table")
     return LockEntry(name=name, layout=raw["layout"], source=path, description=str(raw.get("description", "")),
@@ -193,52 +185,36 @@ def _parse_entry(path: Path, name: str, raw: dict[str, Any]) -> LockEntry:
                      folder=folder, config=raw.get("config", {}), files=tuple(files))
 
 
-def _safe_relpath(p: Any) -> bool:
-    """Whether p is a non-empty relative POSIX path that stays inside its root."""
-    return isinstance(p, str) and bool(p) and not p.startswith(("/", "\\")) and ".." not in p.split("/")
-
-
 def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile], parameters: int | None = None,
                      header: str = "") -> None:
     """Replace NAME's files (and `parameters`) in a lock file (symlinks followed), keeping every other line and
     comment; a missing file (the user lock) is created with `header` as its comment. Atomic, re-parsed first."""
     import tomlkit
+    from tomlkit.items import AoT, Comment, Whitespace
 
     real = Path(os.path.realpath(Path(path).expanduser()))
     doc = tomlkit.parse(real.read_text(encoding="utf-8")) if real.exists() else tomlkit.document()
     if not real.exists():
         for line in header.splitlines():
             doc.add(tomlkit.comment(line))
-        doc.add("models", tomlkit.table(is_super_table=True))
-        doc["models"].add(name, tomlkit.table())
-    table = doc.get("models", {}).get(name)
-    if table is None:
+        doc.add("models", tomlkit.table(is_super_table=True)).get("models").add(name, tomlkit.table())
+    if (table := doc.get("models", {}).get(name)) is None:
         raise ModelError(f"{real} has no [models.{name}] table header: add the files of '{name}' by hand")
     if parameters is not None:
         table["parameters"] = int(parameters)
     old = table.pop("files", [])
-    trail = _pop_trail(old[-1] if isinstance(old, tomlkit.items.AoT) and old else table)  # they precede what follows
-    aot = tomlkit.aot()
-    for f in files:
-        keys = ("role", "repo", "revision", "path", "size", "sha256") if f.repo else ("role", "path", "size", "sha256")
-        aot.append(tomlkit.item({k: getattr(f, k) for k in keys}))
-    table["files"] = aot
-    for item in trail:
+    body, trail = (old[-1] if isinstance(old, AoT) and old else table).value.body, []
+    while body and body[-1][0] is None:  # comments and blank lines at the end precede what follows: keep them there
+        trail.insert(0, body.pop()[1])
+    keys = ("role", "repo", "revision", "path", "size", "sha256")
+    table["files"] = tomlkit.item([{k: getattr(f, k) for k in keys if f.repo or k not in ("repo", "revision")}
+                                   for f in files])
+    for item in (x for x in trail if isinstance(x, (Comment, Whitespace))):  # not the Null the pop left
         table.add(item)
     text = tomlkit.dumps(doc)
     again = _parse_entry(real, name, {"layout": "percept", **tomlkit.parse(text).unwrap()["models"][name]})
     assert list(again.files) == list(files), "lock rewrite changed other fields"
     atomic_write(real, text, mode=os.stat(real).st_mode & 0o7777 if real.exists() else None)
-
-
-def _pop_trail(table: Any) -> list[Any]:
-    """Remove and return the comments and blank lines that end a tomlkit table."""
-    import tomlkit
-
-    body, trail = table.value.body, []
-    while body and body[-1][0] is None:
-        trail.insert(0, body.pop()[1])
-    return [x for x in trail if isinstance(x, (tomlkit.items.Comment, tomlkit.items.Whitespace))]
 
 
 def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
