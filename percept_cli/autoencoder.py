@@ -34,9 +34,12 @@ class VAE:
 
     @classmethod
     def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> "VAE":
-        from diffusers import AutoencoderKL
+        """A diffusers AutoencoderKL folder: safetensors only, keys and shapes checked; ModelError naming it otherwise."""
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-        return cls(AutoencoderKL.from_pretrained(str(folder), torch_dtype=dtype))
+        from percept_cli.checkpoints import load_pretrained
+
+        return cls(load_pretrained(AutoencoderKL, folder, "VAE", dtype))
 
     def to(self, device: torch.device | str) -> "VAE":
         self.vae.to(device)

@@ -201,16 +201,73 @@ OFFICIAL_PIPELINE = dict(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model folder; ModelError naming the file otherwise."""
     import json
 
     from percept_cli.errors import ModelError
 
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ModelError(f"missing '{path}': the model folder is incomplete; re-download or re-save it") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read '{path}': {exc}; fix or re-download the file") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"'{path}' holds a JSON {type(data).__name__}, not an object; fix or re-download the file")
+    return data
+
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' ModelMixin weights file
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def load_pretrained(cls, folder: Path, what: str, dtype: "torch.dtype | None" = None):
+    """`cls.from_pretrained(folder)` for a diffusers ModelMixin folder (config.json + safetensors), strictly.
+
+    Safetensors only: a folder with pickled weights (`*.bin`) is refused, never unpickled. Every
+    weight must match config.json in name and shape (diffusers would initialise missing ones at
+    random, with a warning). diffusers' own log lines stay off stderr. Any failure is one
+    ModelError naming `what`, the folder or file, and the fix.
+    """
+    from percept_cli.console import library_chatter_off
+    from percept_cli.errors import ModelError, first_line
+
+    folder = Path(folder)
+    fix = "re-download the model or save the folder again"
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{what}: missing '{folder / 'config.json'}'; {fix}")
+    if not (folder / WEIGHTS_NAME).is_file() and not (folder / f"{WEIGHTS_NAME}.index.json").is_file():
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ModelError(f"{what}: '{folder / pickled[0]}' holds pickled weights, which percept never loads; "
+                             f"convert them to '{WEIGHTS_NAME}' (diffusers save_pretrained) or re-download the model")
+        raise ModelError(f"{what}: missing '{folder / WEIGHTS_NAME}'; {fix}")
+    try:
+        with library_chatter_off():
+            model, info = cls.from_pretrained(str(folder), torch_dtype=dtype, use_safetensors=True,
+                                              ignore_mismatched_sizes=True, output_loading_info=True)
+    except Exception as exc:  # diffusers on a user's files: whatever it raises, the folder is bad
+        cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+        raise ModelError(f"cannot load {what} from '{folder}': {first_line(exc)}{cause}; {fix}") from None
+    mismatch = weights_mismatch(info)
+    if mismatch:
+        raise ModelError(f"{what}: '{folder / 'config.json'}' does not match the weights ({mismatch}); "
+                         f"fix config.json, {fix}")
+    return model.eval()
+
+
+def weights_mismatch(info: dict[str, list]) -> str:
+    """'2 missing (first ...), 1 unexpected (first ...), 3 of another shape (first ...)' from diffusers'
+    loading info; empty when the weights match."""
+    missing, unexpected = sorted(info.get("missing_keys", [])), sorted(info.get("unexpected_keys", []))
+    shapes = sorted(info.get("mismatched_keys", []))
+    parts = [f"{len(missing)} missing (first {missing[0]})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected (first {unexpected[0]})"] if unexpected else []
+    if shapes:
+        key, stored, wanted = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (first {key}: {tuple(stored)} in the weights, "
+                     f"{tuple(wanted)} by the config)")
+    return ", ".join(parts)
 
 
 def load_source(source: ModelSource, dtype: "torch.dtype | None" = None, matmul_dtype: "torch.dtype | None" = None):
@@ -220,28 +277,40 @@ def load_source(source: ModelSource, dtype: "torch.dtype | None" = None, matmul_
     so that a bf16 run never holds the fp32 weights."""
     from percept_cli.autoencoder import VAE, PixelSpace
     from percept_cli.errors import ModelError
-    from percept_cli.schedules import SD2_SCHEDULER
+    from percept_cli.schedules import SD2_SCHEDULER, check_scheduler_config
 
+    # the small parts first (scheduler, VAE): a broken one fails before gigabytes of weights load
     sched_dir = source.scheduler or (source.root / "scheduler" if source.root else None)
-    sched = _read_json(sched_dir / "scheduler_config.json") if sched_dir else dict(SD2_SCHEDULER)
+    sched_file = sched_dir / "scheduler_config.json" if sched_dir else None
+    sched = check_scheduler_config(_read_json(sched_file), str(sched_file)) if sched_file else dict(SD2_SCHEDULER)
     if source.layout == "official":
         if source.weights is None or source.vae is None:
             raise ModelError(f"model '{source.name}': the official layout needs a .pt file and a vae/ folder")
         config = {**OFFICIAL_PIPELINE, **source.config, "layout": "official"}
+        autoencoder = VAE.from_folder(source.vae)
         model = load_official(source.weights, config, dtype, matmul_dtype=matmul_dtype)
-        return model, VAE.from_folder(source.vae), sched, config
+        return model, _check_latents(model, autoencoder, source.vae), sched, config
     if source.layout != "percept" or source.root is None:
         raise ModelError(f"model '{source.name}': unknown layout {source.layout!r}")
     from percept_cli.models.dit import PerceptDiT
 
     config = {**_read_json(source.root / "percept.json"), **source.config, "layout": "percept"}
-    try:
-        model = PerceptDiT.from_pretrained(str(source.root), torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load model '{source.name}' from '{source.root}': {str(exc).splitlines()[0]}") from None
     vae_dir = source.vae or (source.root / "vae" if (source.root / "vae").is_dir() else None)
     autoencoder = VAE.from_folder(vae_dir) if vae_dir else PixelSpace()
-    return model.eval(), autoencoder, sched, config
+    model = load_pretrained(PerceptDiT, source.root, f"model '{source.name}'", dtype)
+    return model, _check_latents(model, autoencoder, vae_dir), sched, config
+
+
+def _check_latents(model, autoencoder, vae_dir: Path | None):
+    """The autoencoder, unless its latents do not fit the model's input channels (ModelError)."""
+    from percept_cli.errors import ModelError
+
+    wanted = int(model.config.in_channels)
+    if autoencoder.channels != wanted:
+        made = f"the VAE in '{vae_dir}' makes" if vae_dir else "without a vae/ folder the model sees"
+        raise ModelError(f"{made} {autoencoder.channels}-channel inputs, but the model expects {wanted} "
+                         "(in_channels in its config.json); use the VAE the model was trained with")
+    return autoencoder
 
 
 def save_percept(folder: Path, model, scheduler_config: dict[str, Any], config: dict[str, Any], dtype=None) -> Path:
@@ -281,7 +350,7 @@ def export_percept(src: Path, dst: Path, dtype: str = "fp16") -> Path:
     if dtype not in dtypes:
         raise UsageError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     src, dst = Path(src), Path(dst)
-    model = PerceptDiT.from_pretrained(str(src))
+    model = load_pretrained(PerceptDiT, src, f"model '{src}'")
     config = _read_json(src / "percept.json")
     sched = _read_json(src / "scheduler" / "scheduler_config.json")
     tmp = dst.with_name(f".{dst.name}.tmp")

@@ -3,6 +3,9 @@
 stdout carries nothing but `--json` records, so `percept depth ... --json | jq` always parses.
 Progress bars appear only when stderr is a terminal and --quiet is not given; notes are
 silenced by --quiet; warnings and errors always print. rich is imported when a bar starts.
+Libraries speak only through percept: `library_chatter_off` keeps diffusers' log lines, bars and
+Python warnings off stderr while it loads or builds something for us (failures are raised and
+reported as percept's own one-line errors).
 """
 
 from __future__ import annotations
@@ -75,6 +78,39 @@ class Console:
                 yield Tracker(bar, bar.add_task(f"{self.prefix}{what}", total=total))
             finally:
                 self._live = None
+
+
+@contextmanager
+def library_chatter_off() -> Iterator[None]:
+    """Within the block: no diffusers (or transformers) log lines or progress bars, no Python warnings.
+
+    diffusers logs on every model load (e.g. a multi-line note that `accelerate` is not installed,
+    even under --quiet) and warns instead of failing on some bad checkpoints; callers turn what
+    matters into errors themselves. The previous levels and filters are restored on exit.
+    """
+    import logging
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled()
+    others = [logging.getLogger(name) for name in ("transformers",) if name in sys.modules]
+    levels = [logger.level for logger in others]
+    diffusers_logging.set_verbosity(logging.CRITICAL + 1)  # above every level: nothing passes
+    diffusers_logging.disable_progress_bar()
+    for logger in others:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        if bars:
+            diffusers_logging.enable_progress_bar()
+        for logger, level in zip(others, levels):
+            logger.setLevel(level)
 
 
 class Tracker:

@@ -37,3 +37,11 @@ class ChecksumError(ModelError):
 
 class DownloadError(ModelError):
     """The Hub (or HF_ENDPOINT) could not deliver a file."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none), for one-line errors."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip().rstrip(".:").strip()
+    return type(exc).__name__
