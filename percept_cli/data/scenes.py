@@ -100,10 +100,13 @@ class _Object:
 
     def at(self, a: float) -> _Object:
         """A photo-style object moved by the fraction `a` of its motion (rotation by a fraction of its angle)."""
-        from scipy.spatial.transform import Rotation
-
         d_rot = np.eye(3) if self.d_rot is None else self.d_rot
-        turn = d_rot if a == 1.0 else Rotation.from_rotvec(a * Rotation.from_matrix(d_rot).as_rotvec()).as_matrix()
+        if a == 1.0:
+            turn = d_rot
+        else:
+            from scipy.spatial.transform import Rotation
+
+            turn = Rotation.from_rotvec(a * Rotation.from_matrix(d_rot).as_rotvec()).as_matrix()
         return _Object(self.kind, self.half, self.centre + a * self.d_centre, 0.0, self.tex, rot=turn @ self.rot,
                        parts=self.parts, cut=self.cut, floating=self.floating)
 
@@ -640,16 +643,30 @@ def _sizes(size: int | tuple[int, int]) -> tuple[int, int]:
 # ---------------------------------------------------------------- the scene
 
 
-def render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True) -> Scene:
-    """Render the scene of one seed, with exact depth, flow and amodal targets."""
-    return _render_scene(seed, size, shadows)[0]
+STYLES = ("classic", "photo")
 
 
-def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True) -> tuple[Scene, dict]:
+def render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True, photos=None,
+                 style: str | None = None) -> Scene:
+    """Render the scene of one seed, with exact depth, flow and amodal targets.
+
+    style "classic" (the default without `photos`): ground, wall and textured primitives. style "photo" (the
+    default with a `PhotoBank`): rooms or outdoor scenes with photo textures and backdrops, many more shapes,
+    cut-outs, any camera, lighting and post-effects (see `_render_photo_scene`)."""
+    return _render_scene(seed, size, shadows, photos=photos, style=style)[0]
+
+
+def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True, photos=None,
+                  style: str | None = None, effects: bool = True) -> tuple[Scene, dict]:
     """render_scene plus internals for tests: surface ids and depth of both frames, cameras, objects."""
     h, w = _sizes(size)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UsageError(f"seed={seed!r} is not a scene seed: pass an int >= 0")
+    style = style or ("photo" if photos is not None else "classic")
+    if style not in STYLES:
+        raise UsageError(f"style={style!r} is not a scene style: pass one of {', '.join(STYLES)}")
+    if style == "photo":
+        return _render_photo_scene(int(seed), h, w, shadows, photos, effects)
     rng = np.random.default_rng(seed)
 
     # 1. Camera: focal from a random horizontal field of view, slight yaw and downward pitch.
@@ -760,6 +777,421 @@ def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = 
            "proj_z2": xc[2].reshape(h, w), "n_objects": len(objs), "cam": cam, "cam2": cam2, "objs": objs,
            "objs2": objs2, "world": world}
     return scene, aux
+
+
+# ---------------------------------------------------------------- the photo style
+#
+# Domain randomisation in the manner of FlyingChairs / FlyingThings3D, with exact ground truth kept:
+# every surface is still an analytic plane, quadric or slab, textures live in each surface's own
+# coordinates (photo crops included), and post-effects touch only the RGB.
+
+_NO = np.zeros(0)
+
+
+def _mips(img: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Mip levels of a (h, w, 3) float32 image, each half the size of the one before, down to ~4 px."""
+    levels = [np.ascontiguousarray(img, np.float32)]
+    while min(levels[-1].shape[:2]) >= 8:
+        hh, ww = levels[-1].shape[:2]
+        levels.append(cv2.resize(levels[-1], (ww // 2, hh // 2), interpolation=cv2.INTER_AREA))
+    return tuple(levels)
+
+
+def _photo_texture(rng: np.random.Generator, photos, extent: float, aspect: float = 1.0,
+                   px: tuple[int, int] = (48, 160), zoom: tuple[float, float] = (0.25, 1.0)) -> _Texture:
+    """A photo crop of `px` texels across that spans `extent` metres in u, centred on (u, v) = (0, 0)."""
+    w = int(rng.integers(*px))
+    h = int(np.clip(round(w / aspect), 8, 4 * px[1]))
+    img = photos.crop(rng, h, w, zoom=zoom) * np.float32(rng.uniform(0.75, 1.0))  # (h, w, 3) albedo
+    return _Texture("photo", np.zeros(3), np.ones(3), _NO, _NO.reshape(0, 3), _NO, img=_mips(img),
+                    scale=w / extent, offset=np.array([(w - 1) / 2, (h - 1) / 2]))
+
+
+def _any_texture(rng: np.random.Generator, photos, p_photo: float, extent: float, period: tuple[float, float],
+                 plane_axes: tuple[int, int] | None = None) -> _Texture:
+    """A photo texture with probability p_photo (when there are photos), else a procedural one."""
+    if photos is not None and rng.random() < p_photo:
+        return _photo_texture(rng, photos, extent)
+    return _texture(rng, period, plane_axes)
+
+
+def _compound(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list]:
+    """Parts re-centred on their bounding box; returns the box's half extents and the parts."""
+    lo = np.min([off - (np.full(3, h[0]) if k == SPHERE else h) for k, h, off in parts], axis=0)
+    hi = np.max([off + (np.full(3, h[0]) if k == SPHERE else h) for k, h, off in parts], axis=0)
+    mid = (lo + hi) / 2
+    return (hi - lo) / 2, [(k, np.asarray(h, float), np.asarray(off, float) - mid) for k, h, off in parts]
+
+
+_SHAPES = ["sphere", "box", "cylinder", "pole", "plank", "lshape", "table", "snowman", "cutout"]
+_SHAPE_P = np.array([0.1, 0.12, 0.08, 0.08, 0.09, 0.11, 0.09, 0.07, 0.26])
+
+
+def _photo_object(rng: np.random.Generator, photos, scale: float, shape: str | None = None) -> _Object:
+    """A random object of about `scale` metres in its own frame (bounding box centred on the origin, pose
+    still unset): primitives, thin poles and planks, non-convex unions (L-shapes, tables, arches, snowmen)
+    and flat cut-outs (rectangle, ellipse or star-shaped polygon) showing a photo."""
+    shape = shape or str(rng.choice(_SHAPES, p=_SHAPE_P))
+    tex = None
+    parts, cut = None, None
+    if shape == "sphere":
+        kind, half = SPHERE, np.full(3, scale)
+    elif shape == "box":
+        kind, half = BOX, scale * rng.uniform(0.5, 1.3, 3)
+    elif shape == "cylinder":
+        r = scale * rng.uniform(0.4, 0.9)
+        kind, half = CYLINDER, np.array([r, scale * rng.uniform(0.7, 1.8), r])
+    elif shape == "pole":  # thin: a few centimetres across, up to man-high
+        r = rng.uniform(0.02, 0.07)
+        kind, half = CYLINDER, np.array([r, rng.uniform(0.5, 1.4), r])
+    elif shape == "plank":  # thin: upright, lying or on its edge
+        dims = np.array([scale * rng.uniform(0.8, 1.6), scale * rng.uniform(0.15, 0.4), rng.uniform(0.015, 0.04)])
+        kind, half = BOX, dims[rng.permutation(3)]
+    elif shape == "cutout":
+        hx, hy = scale * rng.uniform(0.6, 1.4), scale * rng.uniform(0.6, 1.4)
+        kind, half = PLANE, np.array([hx, hy, 0.0])
+        form = str(rng.choice(["rect", "ellipse", "polygon"], p=[0.3, 0.25, 0.45]))
+        cut = {"shape": form}
+        if form == "polygon":
+            k = int(rng.integers(5, 11))
+            theta = np.sort(np.mod((np.arange(k) + rng.uniform(-0.35, 0.35, k)) * 2 * np.pi / k + rng.uniform(0, 7), 2 * np.pi))
+            cut.update(theta=theta, r=rng.uniform(0.45, 1.0, k))
+    else:
+        kind = COMPOUND
+        t = scale * rng.uniform(0.12, 0.3)  # slab thickness
+        if shape == "lshape":  # two boxes: a foot and an upright
+            bx, bz, hh = scale * rng.uniform(0.6, 1.2), scale * rng.uniform(0.3, 0.8), scale * rng.uniform(0.7, 1.4)
+            raw = [(BOX, np.array([bx, t, bz]), np.array([0.0, t, 0.0])),
+                   (BOX, np.array([t, hh, bz]), np.array([-bx + t, hh, 0.0]))]
+        elif shape == "table":  # a top on 4 legs, or an arch on 2
+            tx, tz, hh = scale * rng.uniform(0.6, 1.3), scale * rng.uniform(0.4, 1.0), scale * rng.uniform(0.5, 1.1)
+            leg = scale * rng.uniform(0.05, 0.15)
+            raw = [(BOX, np.array([tx, t / 2, tz]), np.array([0.0, 2 * hh - t / 2, 0.0]))]
+            corners = [(-1, -1), (1, -1), (-1, 1), (1, 1)] if rng.random() < 0.6 else [(-1, 0), (1, 0)]
+            leg_kind = int(rng.choice([BOX, CYLINDER]))
+            for sx, sz in corners:
+                raw.append((leg_kind, np.array([leg, hh - t / 2, leg if sz else tz * 0.9]),
+                            np.array([sx * (tx - leg), hh - t / 2, sz * (tz - leg)])))
+        else:  # snowman: stacked spheres
+            r1 = scale * rng.uniform(0.5, 0.8)
+            r2 = r1 * rng.uniform(0.5, 0.8)
+            raw = [(SPHERE, np.full(3, r1), np.array([0.0, r1, 0.0])),
+                   (SPHERE, np.full(3, r2), np.array([0.0, 2 * r1 + 0.75 * r2, 0.0]))]
+        half, parts = _compound(raw)
+    return _Object(kind, half, np.zeros(3), 0.0, None, rot=np.eye(3), parts=parts, cut=cut)
+
+
+def _dress(rng: np.random.Generator, photos, obj: _Object) -> None:
+    """Give a placed object its texture (only objects that made it into the scene: photo crops cost time)."""
+    if obj.kind == PLANE:  # the photo spans the cut-out exactly: its silhouette shows one crop
+        hx, hy = obj.half[:2]
+        obj.tex = (_photo_texture(rng, photos, 2 * hx, aspect=hx / hy, zoom=(0.3, 1.0)) if photos is not None
+                   else _texture(rng, (0.2, 0.8), plane_axes=(0, 1)))
+    else:
+        scale = float(np.median(obj.half))
+        obj.tex = _any_texture(rng, photos, 0.8, rng.uniform(1.0, 4.0) * scale, (0.25, 0.8))
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation matrix."""
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rotation by `angle` about the unit `axis` (Rodrigues)."""
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def _pose(rng: np.random.Generator, obj: _Object, cam: _Camera, sx: float, sy: float, depth: float,
+          floating: bool) -> None:
+    """Put obj where the camera sees screen point (sx, sy) (in units of the half image, x right, y down) at
+    z-depth `depth`: floating in the air with any orientation, or standing on the ground, turned about the
+    vertical. Cut-outs face the camera within about 55 degrees, never edge-on."""
+    ray = cam.rot @ np.array([sx * cam.cx / cam.f, sy * cam.cy / cam.f, 1.0])  # camera-z 1
+    c = cam.pos + depth * ray
+    to_cam = cam.pos - c
+    obj.floating = floating
+    if floating:
+        c[1] = max(c[1], _bound_radius(obj) + 0.05)
+        if obj.kind == PLANE:  # local z (the normal) towards the camera, tilted, rolled in its plane
+            z = to_cam / np.linalg.norm(to_cam)
+            x = np.cross([0.0, 1.0, 0.0], z)
+            x /= np.linalg.norm(x)
+            look = np.stack([x, np.cross(z, x), z], axis=1)
+            roll = _axis_angle(np.array([0.0, 0.0, 1.0]), rng.uniform(-np.pi, np.pi))
+            tilt = _axis_angle(rng.normal(size=3), rng.uniform(0, np.deg2rad(55)))
+            obj.rot = tilt @ look @ roll
+        else:
+            obj.rot = _random_rotation(rng)
+    else:
+        c[1] = obj.half[1]  # standing on y = 0
+        if obj.kind == PLANE:
+            yaw = np.arctan2(to_cam[0], to_cam[2]) + rng.uniform(-1, 1) * np.deg2rad(55)
+        else:
+            yaw = rng.uniform(-np.pi, np.pi)
+        obj.rot = _rot_y(yaw)
+    obj.centre = c
+
+
+def _room_ok(obj: _Object, others: list[_Object], cam: _Camera, box: tuple, margin: float) -> bool:
+    """Inside the room (or before the backdrop), clear of the camera and of the other objects' bounds."""
+    r = _bound_radius(obj)
+    c = obj.centre
+    x0, x1, top, z0, z1 = box
+    if not (x0 + r + margin < c[0] < x1 - r - margin and z0 + r + margin < c[2] < z1 - r - margin):
+        return False
+    if c[1] + (r if obj.floating else obj.half[1]) > top - margin:
+        return False
+    if ((c - cam.pos) @ cam.rot)[2] < r + 0.5 + margin:  # in front of the camera, clear of its motion
+        return False
+    return all(np.linalg.norm(c - o.centre) > r + _bound_radius(o) + margin for o in others)
+
+
+def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, margin: float,
+                p_float: float) -> list[_Object]:
+    """Target first (any shape, cut-outs included), then an occluder between it and the camera."""
+    z_room = box[4] - cam.pos[2]
+    objs: list[_Object] = []
+    for _ in range(20):
+        target = _photo_object(rng, photos, rng.uniform(0.5, 1.1))
+        # Far enough that its bounds span at most ~2/3 of the half image, so it rarely leaves the frame.
+        fit = 1.5 * _bound_radius(target) * cam.f / min(cam.cx, cam.cy)
+        depth_t = max(rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5))), fit)
+        sx, sy = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.35)
+        _pose(rng, target, cam, sx, sy, depth_t, floating=rng.random() < p_float)
+        if _room_ok(target, [], cam, box, margin):
+            objs = [target]
+            break
+    if not objs:
+        objs = [target]
+    target = objs[0]
+    depth_t = float(((target.centre - cam.pos) @ cam.rot)[2])
+    tx, ty = ((target.centre - cam.pos) @ cam.rot)[:2] / depth_t  # (xn, yn) of the target's centre
+    for _ in range(20):
+        occ = _photo_object(rng, photos, _bound_radius(target) * rng.uniform(0.4, 0.8))
+        depth_o = max(depth_t * rng.uniform(0.4, 0.7), _bound_radius(occ) + 0.6 + margin)
+        if depth_o + _bound_radius(occ) + margin > depth_t - _bound_radius(target):
+            continue
+        # Offset the occluder on screen so that it covers part of the target.
+        spread = _bound_radius(target) / depth_t + _bound_radius(occ) / depth_o
+        ang = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi])
+        off = rng.uniform(0.25, 0.8) * spread
+        ox, oy = tx + off * np.cos(ang), ty + off * np.sin(ang)
+        _pose(rng, occ, cam, ox * cam.f / cam.cx, oy * cam.f / cam.cy, depth_o,
+              floating=rng.random() < (0.8 if target.floating else p_float))
+        if _room_ok(occ, objs, cam, box, margin):
+            objs.append(occ)
+            break
+    return objs
+
+
+def _post_effects(rng: np.random.Generator, frames: list[np.ndarray], whole_rgb: np.ndarray,
+                  whole: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Camera effects on the RGB only, each drawn per scene: colour jitter (also on the amodal target's
+    pixels, so it stays the object as photographed), blur, sensor noise (independent per frame), JPEG."""
+    frames = [f.astype(np.float32) for f in frames]
+    whole_rgb = whole_rgb.copy()
+    if rng.random() < 0.6:  # colour jitter: gains, contrast, saturation, gamma
+        gain = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+        contrast, sat, gamma = rng.uniform(0.75, 1.25), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.25)
+
+        def jitter(x: np.ndarray) -> np.ndarray:
+            x = x * gain
+            grey = x.mean(axis=-1, keepdims=True)
+            x = grey + sat * (x - grey)
+            x = 127.5 + contrast * (x - 127.5)
+            return 255.0 * (np.clip(x, 0, 255) / 255.0) ** gamma
+
+        frames = [jitter(f) for f in frames]
+        whole_rgb[whole] = np.clip(jitter(whole_rgb[whole].astype(np.float32)) + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.3:  # defocus / motion-free blur, the same lens for both frames
+        sigma = rng.uniform(0.4, 1.3)
+        frames = [cv2.GaussianBlur(f, (0, 0), sigma) for f in frames]
+    if rng.random() < 0.5:  # sensor noise: shot-like (grows with brightness) plus read noise
+        read, shot = rng.uniform(0.5, 4.0), rng.uniform(0.0, 0.25)
+        frames = [f + rng.normal(size=f.shape).astype(np.float32) * (read + shot * np.sqrt(np.maximum(f, 0)))
+                  for f in frames]
+    out = [np.clip(f + 0.5, 0, 255).astype(np.uint8) for f in frames]
+    if rng.random() < 0.35:  # JPEG artefacts
+        q = int(rng.integers(25, 91))
+        out = [cv2.imdecode(cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_COLOR)[..., ::-1]
+               for f in out]
+        out = [np.ascontiguousarray(f) for f in out]
+    return out, whole_rgb
+
+
+def _photo_camera(rng: np.random.Generator, h: int, w: int, indoor: bool, ceil: float) -> tuple[_Camera, float, float]:
+    """A camera with a random field of view (30-90 degrees across), height and pitch; returns it, yaw, pitch."""
+    half_fov = np.deg2rad(rng.uniform(30, 90) / 2)
+    f = max((w / 2) / np.tan(half_fov), (h / 2) / np.tan(np.deg2rad(50)))
+    height = rng.uniform(0.4, ceil - 0.5) if indoor else float(np.exp(rng.uniform(np.log(0.3), np.log(3.5))))
+    yaw = np.deg2rad(rng.uniform(-15, 15))
+    pitch = np.deg2rad(rng.uniform(-10, 30) if height > 1.0 else rng.uniform(-12, 15))
+    return _Camera(np.array([0.0, height, 0.0]), _camera_rot(yaw, pitch), f, (w - 1) / 2, (h - 1) / 2), yaw, pitch
+
+
+def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effects: bool) -> tuple[Scene, dict]:
+    """The photo style: an indoor room (floor, four walls, ceiling) or an outdoor ground plane before a far
+    photo backdrop (the sky; its depth is its own plane's), objects of many shapes with photo or procedural
+    textures, floating or standing, a random camera and light, then camera effects on the RGB."""
+    if cv2 is None:  # pragma: no cover
+        raise UsageError("the photo scene style needs OpenCV (pip install opencv-python-headless)")
+    rng = np.random.default_rng([seed, 15])  # its own stream: the classic scene of this seed is another
+
+    # 1. World: a room or the outdoors; the camera inside it.
+    indoor = rng.random() < 0.45
+    if indoor:
+        xl, xr, ceil = -rng.uniform(1.8, 5.0), rng.uniform(1.8, 5.0), rng.uniform(2.4, 4.0)
+        wall_z, front = rng.uniform(6.0, 14.0), -rng.uniform(1.0, 3.0)
+    else:
+        xl, xr, ceil, wall_z, front = -np.inf, np.inf, np.inf, rng.uniform(25.0, 70.0), -np.inf
+    cam, yaw, pitch = _photo_camera(rng, h, w, indoor, ceil if indoor else 10.0)
+    if not indoor:  # every ray must meet the ground or the backdrop: no ray may point up and backwards
+        d = _ray_dirs(cam, h, w)[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # (3, 4) corners
+        if ((d[1] >= 0) & (d[2] <= 0.02)).any():
+            yaw, pitch = 0.0, abs(pitch)
+            cam = _Camera(cam.pos, _camera_rot(yaw, pitch), cam.f, cam.cx, cam.cy)
+    half_fov_x = float(np.arctan((w / 2) / cam.f))
+
+    elev, azim = np.deg2rad(rng.uniform(15, 80)), rng.uniform(-np.pi, np.pi)
+    light = np.array([np.sin(azim) * np.cos(elev), np.sin(elev), -np.cos(azim) * np.cos(elev)])
+    tint = rng.uniform(-0.15, 0.15, 3) * (rng.random() < 0.7)
+    floor_tex = _any_texture(rng, photos, 0.75, rng.uniform(2.0, 10.0), (0.5, 2.5), plane_axes=(0, 2))
+    planes = [_Plane(1, 0.0, 1.0, floor_tex)]
+    if indoor:
+        for axis, value, sign, axes in [(2, wall_z, -1.0, (0, 1)), (0, xl, 1.0, (1, 2)), (0, xr, -1.0, (1, 2)),
+                                        (1, ceil, -1.0, (0, 2)), (2, front, 1.0, (0, 1))]:
+            planes.append(_Plane(axis, value, sign, _any_texture(rng, photos, 0.7, rng.uniform(1.5, 6.0),
+                                                                 (0.4, 2.5), plane_axes=axes)))
+    elif photos is not None and rng.random() < 0.85:
+        # A photo backdrop spanning the view (a little wider), centred where the camera looks.
+        span = 2.6 * (wall_z - cam.pos[2]) * np.tan(half_fov_x)
+        tex = _photo_texture(rng, photos, span, aspect=w / h, px=(max(64, w), max(65, 2 * w)), zoom=(0.6, 1.0))
+        look = cam.rot[:, 2] * (wall_z - cam.pos[2]) / cam.rot[2, 2] + cam.pos
+        tex.offset = tex.offset + np.array([-tex.scale * look[0], tex.scale * look[1]])
+        planes.append(_Plane(2, wall_z, -1.0, tex, emissive=rng.uniform(0.8, 1.1)))
+    else:
+        planes.append(_Plane(2, wall_z, -1.0, _texture(rng, (2.0, 10.0), plane_axes=(0, 1))))
+    world = _World(
+        ground=floor_tex, wall=planes[1].tex, wall_z=wall_z, light=light,
+        light_rgb=rng.uniform(0.75, 1.25) * (1.0 + tint), ambient=rng.uniform(0.15, 0.6),
+        haze_rgb=rng.uniform(0.55, 0.95) + rng.uniform(-0.08, 0.08, 3),
+        haze=rng.uniform(0.0, 0.04) if not indoor else rng.uniform(0.0, 0.015), planes=planes,
+    )
+
+    # 2. Motion budget and objects: target, occluder, distractors, partly hidden target.
+    level = rng.uniform(0.25, 1.0)
+    move = 0.35 * level
+    n_obj = int(rng.integers(3, 9))
+    box = (xl, xr, ceil, front, wall_z if indoor else min(wall_z, 20.0))
+    d = _ray_dirs(cam, h, w)  # (3, H, W)
+    d_flat = d.reshape(3, -1)
+    border = np.zeros((h, w), bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    # The target and its occluder first, until the target is partly hidden (visible fraction 0.25-0.85),
+    # large enough and off the border; then distractors that keep at least a quarter of it visible.
+    margin, p_float = 2 * move + 0.05, rng.uniform(0.2, 0.6)
+    best, best_err = None, np.inf
+    for _ in range(80):
+        objs = _photo_pair(rng, photos, cam, box, margin, p_float)
+        t_target = _hit_image(objs[0], cam, d)
+        whole = np.isfinite(t_target)
+        idx = np.flatnonzero(whole)
+        nearer = np.zeros(len(idx), bool)
+        for o in objs[1:]:
+            nearer |= _hit_object(o, cam.pos, d_flat[:, idx]) < t_target.ravel()[idx]
+        frac = 1.0 - nearer.mean() if len(idx) else 0.0
+        edge = (whole & border).sum() / border.sum()
+        err = max(0.25 - frac, frac - 0.85, 0.0) + max(edge - 0.01, 0.0) + max(0.02 - len(idx) / (h * w), 0.0) * 10
+        if err < best_err:
+            best, best_err = (objs, t_target.ravel()[idx], idx, nearer), err
+        if err == 0.0:
+            break
+    objs, t_idx, idx, nearer = best
+    z_room = box[4] - cam.pos[2]
+    for _ in range(10 * n_obj):
+        if len(objs) >= n_obj:
+            break
+        obj = _photo_object(rng, photos, rng.uniform(0.2, 0.8))
+        _pose(rng, obj, cam, rng.uniform(-1.1, 1.1), rng.uniform(-0.8, 1.0), rng.uniform(1.5, z_room - 0.8),
+              floating=rng.random() < p_float)
+        if _room_ok(obj, objs, cam, box, margin):
+            hides = nearer | (_hit_object(obj, cam.pos, d_flat[:, idx]) < t_idx)
+            if len(idx) and hides.mean() > 0.75:
+                continue
+            objs.append(obj)
+            nearer = hides
+    for o in objs:
+        _dress(rng, photos, o)
+
+    # 3. Rigid motion: standing objects slide and turn about the vertical, floating ones move and turn freely.
+    for o in objs:
+        if rng.random() < 0.85:
+            if o.floating:
+                o.d_centre = rng.uniform(0.2, 1.0) * move * _unit(rng.normal(size=3))
+                o.d_rot = _axis_angle(rng.normal(size=3), rng.uniform(-1, 1) * np.deg2rad(10) * level)
+            else:
+                ang = rng.uniform(0, 2 * np.pi)
+                o.d_centre = rng.uniform(0.2, 1.0) * move * np.array([np.cos(ang), 0.0, np.sin(ang)])
+                o.d_rot = _rot_y(rng.uniform(-1, 1) * np.deg2rad(8) * level)
+        else:
+            o.d_rot = np.eye(3)
+    near = min(1.0, cam.pos[1] / 1.5)  # a camera near the ground moves less: the ground is close
+    cam2 = _Camera(
+        cam.pos + near * level * np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.08, 0.08), rng.uniform(-0.3, 0.3)]),
+        _camera_rot(yaw + level * np.deg2rad(rng.uniform(-2, 2)), pitch + level * np.deg2rad(rng.uniform(-1.5, 1.5))),
+        cam.f, cam.cx, cam.cy,
+    )
+    objs2 = [o.moved() for o in objs]
+
+    # 4. Both frames, exact flow, amodal targets: as in the classic scene.
+    rgb1, t1, ids1, pw1, d1 = _render(cam, objs, world, h, w, shadows)
+    rgb2, t2, ids2, _, _ = _render(cam2, objs2, world, h, w, shadows)
+    pw2 = pw1.copy()
+    for k, o in enumerate(objs):
+        sel = np.flatnonzero(ids1 == k)
+        pw2[:, sel] = (o.centre + o.d_centre)[:, None] + o.d_rot @ (pw1[:, sel] - o.centre[:, None])
+    xc = cam2.rot.T @ (pw2 - cam2.pos[:, None])
+    ys, xs = np.mgrid[0:h, 0:w]
+    u = cam2.f * xc[0] / xc[2] + cam2.cx - xs.ravel()
+    v = cam2.f * xc[1] / xc[2] + cam2.cy - ys.ravel()
+    t_target = _hit_image(objs[0], cam, d).ravel()
+    whole = np.isfinite(t_target)
+    visible = ids1 == 0
+    whole_rgb = np.full((h * w, 3), 255, np.uint8)
+    whole_rgb[visible] = rgb1[visible]
+    hid = np.flatnonzero(whole & ~visible)
+    if len(hid):
+        dh = d1[:, hid]
+        dist = t_target[hid] * np.sqrt((dh * dh).sum(axis=0))
+        pts = cam.pos[:, None] + t_target[hid] * dh
+        whole_rgb[hid] = _shade(pts, np.zeros(len(hid), int), dist, cam, objs, world, shadows)
+    frames = [rgb1.reshape(h, w, 3), rgb2.reshape(h, w, 3)]
+    whole_rgb = whole_rgb.reshape(h, w, 3)
+    if effects:
+        frames, whole_rgb = _post_effects(rng, frames, whole_rgb, whole.reshape(h, w))
+
+    scene = Scene(
+        rgb=frames[0], rgb2=frames[1],
+        depth=t1.reshape(h, w).astype(np.float32),
+        flow=np.stack([u, v], axis=-1).reshape(h, w, 2).astype(np.float32),
+        visible_mask=visible.reshape(h, w), whole_mask=whole.reshape(h, w), whole_rgb=whole_rgb, seed=int(seed),
+    )
+    aux = {"ids1": ids1.reshape(h, w), "ids2": ids2.reshape(h, w), "depth2": t2.reshape(h, w),
+           "proj_z2": xc[2].reshape(h, w), "n_objects": len(objs), "cam": cam, "cam2": cam2, "objs": objs,
+           "objs2": objs2, "world": world, "indoor": indoor, "rgb_clean": rgb1.reshape(h, w, 3)}
+    return scene, aux
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
 
 
 @dataclass
