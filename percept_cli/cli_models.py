@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,49 +24,42 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 NameArg = Annotated[str, typer.Argument(help="A model name from weights.lock.", show_default=False)]
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A rich table on stdout; piped, it keeps its natural width (nothing cut at 80 columns)."""
+def _out(obj: dict[str, Any], json_out: bool, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """One JSON object, or a rich table that keeps its natural width when stdout is not a terminal."""
+    if json_out:
+        return typer.echo(json.dumps(obj, indent=2, default=str))
     from rich.console import Console
     from rich.table import Table
 
     table = Table(*columns, title=title, title_justify="left")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*map(str, r))
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
-def _file_json(f: lockfile.LockFile, path: Path | None) -> dict[str, Any]:
-    return {**f.as_dict(), "pinned": f.pinned, "cache_path": str(path) if path else None}
-
-
-def _params(n: int) -> str:
-    return "?" if n <= 0 else f"{n / 1e9:.3g} B" if n >= 1e9 else f"{n / 1e6:.3g} M"
+def _files(entry: lockfile.LockEntry) -> list[dict[str, Any]]:
+    """The entry's files and where each is on this machine."""
+    return [{**asdict(f), "pinned": f.pinned, "cache_path": str(p) if (p := hub.cached_file(f)) else None}
+            for f in entry.files]
 
 
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> None:
     """List the models: tasks, size, whether cached and pinned, and which lock pinned them."""
     lock = lockfile.load_lock()
-    rows = []
-    for entry in lock.models.values():
-        have = sum(p is not None for _, p in [(f, hub.cached_file(f)) for f in entry.files])
-        rows.append({"name": entry.name, "default": entry.name == lock.default, "description": entry.description,
-                     "tasks": list(entry.tasks), "parameters": entry.parameters, "layout": entry.layout,
-                     "builtin": entry.builtin, "download_size": entry.download_size, "files": len(entry.files),
-                     "cached_files": have, "cached": bool(entry.files) and have == len(entry.files),
-                     "pinned": entry.pinned, "lock": str(entry.source)})
-    if json_out:
-        return _emit({"lock": str(lock.path), "user_lock": str(lockfile.user_lock_path()), "default": lock.default,
-                      "models": rows})
-    _table(f"models in {lock.path}" + (f" and {lock.user}" if lock.user else ""),
-           ["name", "tasks", "parameters", "download", "cached", "pinned by"], [
-        [r["name"] + (" (default)" if r["default"] else ""), ",".join(r["tasks"]), _params(r["parameters"]),
-         "builtin" if r["builtin"] else hub.human_size(r["download_size"]),
-         "yes" if r["cached"] else (f"{r['cached_files']}/{r['files']}" if r["cached_files"] else "no"),
+    rows = [{"name": e.name, "default": e.name == lock.default, "description": e.description, "tasks": list(e.tasks),
+             "parameters": e.parameters, "layout": e.layout, "builtin": e.builtin, "download_size": e.download_size,
+             "files": len(e.files), "cached_files": sum(bool(f["cache_path"]) for f in _files(e)),
+             "pinned": e.pinned, "lock": str(e.source)} for e in lock.models.values()]
+    for r in rows:
+        r["cached"] = r["files"] > 0 and r["cached_files"] == r["files"]
+    _out({"lock": str(lock.path), "user_lock": str(lockfile.user_lock_path()), "default": lock.default,
+          "models": rows}, json_out, f"models in {lock.path}" + (f" and {lock.user}" if lock.user else ""),
+         ["name", "tasks", "parameters", "download", "cached", "pinned by"], [
+        [r["name"] + " (default)" * r["default"], ",".join(r["tasks"]),
+         "?" if r["parameters"] <= 0 else f"{r['parameters'] / 1e9:.3g} B" if r["parameters"] >= 1e9
+         else f"{r['parameters'] / 1e6:.3g} M", "builtin" if r["builtin"] else hub.human_size(r["download_size"]),
+         "yes" if r["cached"] else f"{r['cached_files']}/{r['files']}" if r["cached_files"] else "no",
          r["lock"] if r["pinned"] else "no (unpinned)"] for r in rows])
 
 
@@ -81,10 +75,10 @@ def pull(
     """Download and verify a model (--pin: pin an unpinned one first, trust on first use)."""
     hub.hf_hub()
     entry = None if name.startswith("hf://") else lockfile.load_lock().entry(name)
-    if entry is not None and not entry.builtin and not entry.pinned and not pin:
+    pinning = entry is not None and not entry.builtin and not entry.pinned
+    if pinning and not pin:
         raise ModelNotCachedError(f"model '{name}' is unpinned in {entry.source}: run `percept models pull "
-                                      f"{name} --pin` to pin it at the repo's current commit (trust on first use)")
-    pinning = pin and entry is not None and not entry.builtin and not entry.pinned
+                                  f"{name} --pin` to pin it at the repo's current commit (trust on first use)")
     if pinning:
         typer.echo(f"pinning '{name}' at the current commit of its repos: trust on first use, the Hub's bytes "
                    "today become what every later load must match", err=True)
@@ -92,14 +86,12 @@ def pull(
     for f, _ in fetched:
         typer.echo(f"{f.role}: {f.repo + '@' + f.revision + ' ' if f.repo else ''}{f.path}  size {f.size}  "
                    f"sha256 {f.sha256}", err=True)
-    where = lockfile.user_lock_path() if pinning else (entry.source if entry else None)
-    if pinning:
-        typer.echo(f"wrote these into {where}; delete '{name}' there to pin it again", err=True)
+    where = lockfile.user_lock_path() if pinning else entry.source if entry else None
+    typer.echo(f"wrote these into {where}; delete '{name}' there to pin it again" if pinning else
+               f"{name}: {len(fetched)} files cached and verified", err=True)
     if json_out:
-        _emit({"name": name, "pinned_by": str(where) if where else None,
-               "files": [_file_json(f, p) for f, p in fetched]})
-    else:
-        typer.echo(f"{name}: {len(fetched)} files cached and verified", err=True)
+        typer.echo(json.dumps({"name": name, "pinned_by": str(where) if where else None, "files": [
+            {**asdict(f), "pinned": f.pinned, "cache_path": str(p)} for f, p in fetched]}, indent=2))
 
 
 @app.command()
@@ -109,19 +101,17 @@ def verify(
 ) -> None:
     """Re-hash the cached files of one model (or all) against the lock; exit 1 on a mismatch."""
     results = hub.verify_models(name)
-    if json_out:
-        _emit({"ok": all(c.status != "mismatch" for cs in results.values() for c in cs), "models": {
-            model: [{**_file_json(c.file, c.path), "status": c.status, "actual_size": c.size,
-                     "actual_sha256": c.sha256 or None} for c in checks] for model, checks in results.items()}})
-    else:
-        _table("verify", ["model", "file", "status", "sha256"], [
-            [model, c.file.path, c.status, c.sha256 or "-"] for model, checks in results.items() for c in checks])
     bad = [(model, c) for model, checks in results.items() for c in checks if c.status == "mismatch"]
+    _out({"ok": not bad, "models": {model: [
+        {**asdict(c.file), "pinned": c.file.pinned, "cache_path": str(c.path) if c.path else None, "status": c.status,
+         "actual_size": c.size, "actual_sha256": c.sha256 or None} for c in checks] for model, checks in results.items()}},
+         json_out, "verify", ["model", "file", "status", "sha256"],
+         [[model, c.file.path, c.status, c.sha256 or "-"] for model, checks in results.items() for c in checks])
     if bad:
         model, c = bad[0]
-        fix = hub.fix_for(lockfile.load_lock().entry(model))
         raise ChecksumError(f"{c.path} (model '{model}', {c.file.path}) has sha256 {c.sha256} and {c.size} bytes, "
-                            f"the lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: {fix}"
+                            f"the lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: "
+                            f"{hub.fix_for(lockfile.load_lock().entry(model))}"
                             + (f" ({len(bad)} bad files)" if len(bad) > 1 else ""))
 
 
@@ -134,16 +124,13 @@ def info(name: NameArg, json_out: JsonOpt = False) -> None:
            "description": entry.description, "tasks": list(entry.tasks), "parameters": entry.parameters,
            "layout": entry.layout, "builtin": entry.builtin, "folder": entry.folder or None, "config": entry.config,
            "pinned": entry.pinned, "download_size": entry.download_size,
-           "hub_cache": None if entry.builtin else str(hub.hub_cache_dir()),
-           "files": [_file_json(f, p) for f, p in [(f, hub.cached_file(f)) for f in entry.files]]}
-    if json_out:
-        return _emit(obj)
-    for key, value in obj.items():
+           "hub_cache": None if entry.builtin else str(hub.hub_cache_dir()), "files": _files(entry)}
+    for key, value in ({} if json_out else obj).items():
         if key != "files":
             typer.echo(f"{key}: {json.dumps(value) if key == 'config' else value}")
-    _table("files", ["role", "repo@revision", "path", "size", "sha256", "cached at"], [
-        [f["role"], (f"{f['repo']}@{f['revision'] or '(unpinned)'}" if f["repo"] else "builtin"), f["path"],
-         str(f["size"] or "?"), f["sha256"] or "?", f["cache_path"] or "-"] for f in obj["files"]])
+    _out(obj, json_out, "files", ["role", "repo@revision", "path", "size", "sha256", "cached at"], [
+        [f["role"], f"{f['repo']}@{f['revision'] or '(unpinned)'}" if f["repo"] else "builtin", f["path"],
+         f["size"] or "?", f["sha256"] or "?", f["cache_path"] or "-"] for f in obj["files"]])
 
 
 @app.command()
@@ -153,4 +140,4 @@ def lock(name: NameArg, json_out: JsonOpt = False) -> None:
     files = hub.lock_model(name)
     typer.echo(f"wrote {len(files)} files of '{name}' into {path}", err=True)
     if json_out:
-        _emit({"name": name, "lock": str(path), "files": [f.as_dict() for f in files]})
+        typer.echo(json.dumps({"name": name, "lock": str(path), "files": [asdict(f) for f in files]}, indent=2))

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,9 +40,6 @@ class LockFile:
     def pinned(self) -> bool:
         """Whether commit (Hub files), size and sha256 are all known."""
         return bool(self.sha256 and self.size and (self.revision or not self.repo))
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
