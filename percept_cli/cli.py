@@ -200,6 +200,9 @@ def train(
     resolution: Annotated[Optional[int], typer.Option("--resolution", rich_help_panel=_TRAIN)] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", rich_help_panel=_TRAIN)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", rich_help_panel=_TRAIN)] = None,
+    textures: Annotated[Optional[str], typer.Option(
+        "--textures", rich_help_panel=_TRAIN, help="Folder of JPEG/PNG photos: train on the photo scene style "
+        "(photo textures and backdrops, rooms, cut-outs; scripts/get-photos.sh fetches some).")] = None,
     max_time: Annotated[Optional[float], typer.Option(
         "--max-time", help="Stop (with a checkpoint) after this many seconds; re-run to resume.")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore OUT/checkpoint-last and start over.")] = False,
@@ -211,7 +214,7 @@ def train(
     if stage is not None and stage not in ("perception", "generate"):
         raise UsageError(f"--stage must be perception or generate, got {stage!r}")
     cfg = load_config(config, out=out, init=init, stage=stage, size=size, num_experts=experts,
-                      batch_size=batch_size, resolution=resolution, max_steps=max_steps, lr=lr)
+                      batch_size=batch_size, resolution=resolution, max_steps=max_steps, lr=lr, textures=textures)
     train_run(cfg, resume=not no_resume, max_time=max_time, log=Console().note)
 
 

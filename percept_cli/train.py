@@ -49,6 +49,7 @@ class TrainConfig:
     stage: str = "perception"  # "perception" (tasks) or "generate" (image generation pre-training)
     resolution: int = 64
     train_scenes: int = 20000  # synthetic seeds 0 .. train_scenes-1
+    textures: str | None = None  # folder of photos: render the photo scene style (scripts/get-photos.sh)
     task_weights: dict[str, float] = field(default_factory=lambda: {"depth": 1.0, "amodal": 1.0, "flow_u": 1.0, "flow_v": 1.0})
     flow_scale: tuple[float, float] = (8.0, 8.0)  # pixels of the processing grid per target unit
     # diffusion
@@ -252,8 +253,10 @@ class Trainer:
             cfg = self.cfg
             start = self.rank * cfg.train_scenes // self.world
             stop = (self.rank + 1) * cfg.train_scenes // self.world
-            self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}.npz", range(start, stop),
-                                         cfg.resolution, workers=cfg.render_workers)
+            style = "-photo" if cfg.textures else ""
+            self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}{style}.npz",
+                                         range(start, stop), cfg.resolution, workers=cfg.render_workers,
+                                         textures=cfg.textures)
         return self.pool
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:

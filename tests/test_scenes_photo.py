@@ -205,3 +205,27 @@ def test_photo_bank_from_folder(tmp_path):
         PhotoBank.from_folder(empty)
     with pytest.raises(UsageError, match="not a folder"):
         PhotoBank.from_folder(tmp_path / "missing")
+
+
+def test_scene_pool_and_training_config_take_a_texture_folder(tmp_path):
+    from percept_cli.data.mixture import ScenePool
+    from percept_cli.train import load_config
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(photos / f"p{i}.png"), _photo(i)[..., ::-1])
+    pool = ScenePool.render(range(4), 24, textures=str(photos))
+    forked = ScenePool.render(range(4), 24, workers=2, textures=str(photos))
+    classic = ScenePool.render(range(4), 24)
+    for key in ScenePool.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(pool, key), getattr(forked, key), err_msg=key)
+    assert not np.array_equal(pool.rgb, classic.rgb)
+    cached = ScenePool.cached(tmp_path / "pool.npz", range(4), 24, textures=str(photos))
+    np.testing.assert_array_equal(cached.rgb, pool.rgb)
+    assert np.array_equal(ScenePool.cached(tmp_path / "pool.npz", range(4), 24).rgb, classic.rgb)  # not reused
+    config = tmp_path / "train.toml"
+    config.write_text(f'textures = "{photos}"\nresolution = 32\n')
+    assert load_config(config).textures == str(photos)
+    assert load_config(None).textures is None
+    assert load_config(config, textures="other").textures == "other"

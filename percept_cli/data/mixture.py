@@ -46,21 +46,29 @@ class ScenePool:
         return len(self.rgb)
 
     @classmethod
-    def render(cls, seeds: range, size: int, supersample: int = 2, workers: int = 0) -> "ScenePool":
-        """Render scenes for `seeds`; each at size*supersample, then downsampled; `workers` > 1 forks processes."""
+    def render(cls, seeds: range, size: int, supersample: int = 2, workers: int = 0,
+               textures: str | None = None) -> "ScenePool":
+        """Render scenes for `seeds`; each at size*supersample, then downsampled; `workers` > 1 forks processes.
+        `textures`: a folder of photos, for the photo scene style (photo textures and backdrops)."""
+        bank = None
+        if textures:  # loaded before forking, so the workers share the parent's copy
+            from percept_cli.data.photos import PhotoBank
+
+            bank = PhotoBank.from_folder(textures)
         if workers > 1 and len(seeds) > 1:
             step = max(1, min(500, -(-len(seeds) // workers)))
             chunks = [seeds[i:i + step] for i in range(0, len(seeds), step)]
             # fork: the workers need nothing from the parent but the code; results come back in order
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
-                parts = list(ex.map(cls.render, chunks, [size] * len(chunks), [supersample] * len(chunks)))
+                parts = list(ex.map(cls.render, chunks, [size] * len(chunks), [supersample] * len(chunks),
+                                    [0] * len(chunks), [textures] * len(chunks)))
             return cls(**{k: np.concatenate([getattr(q, k) for q in parts]) for k in cls.__dataclass_fields__})
         from percept_cli.data.scenes import render_scene
 
         cols: dict[str, list] = {k: [] for k in cls.__dataclass_fields__}
         big = size * supersample
         for seed in seeds:
-            s = render_scene(seed, big)
+            s = render_scene(seed, big, photos=bank)
             cols["rgb"].append(_down(s.rgb, size))
             cols["rgb2"].append(_down(s.rgb2, size))
             cols["depth"].append(_down(s.depth, size))
@@ -71,17 +79,20 @@ class ScenePool:
         return cls(**{k: np.stack(v) for k, v in cols.items()})
 
     @classmethod
-    def cached(cls, path: Path, seeds: range, size: int, workers: int = 0) -> "ScenePool":
+    def cached(cls, path: Path, seeds: range, size: int, workers: int = 0, textures: str | None = None) -> "ScenePool":
         """Render once and keep an .npz beside the run, so restarts and resumes skip rendering."""
         path = Path(path)
         if path.exists():
             data = np.load(path)
-            if int(data["size"]) == size and int(data["start"]) == seeds.start and int(data["stop"]) == seeds.stop:
+            same_textures = str(data["textures"]) if "textures" in data else ""
+            if (int(data["size"]) == size and int(data["start"]) == seeds.start and int(data["stop"]) == seeds.stop
+                    and same_textures == str(textures or "")):
                 return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        pool = cls.render(seeds, size, workers=workers)
+        pool = cls.render(seeds, size, workers=workers, textures=textures)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, size=size, start=seeds.start, stop=seeds.stop, **{k: getattr(pool, k) for k in cls.__dataclass_fields__})
+        np.savez(tmp, size=size, start=seeds.start, stop=seeds.stop, textures=str(textures or ""),
+                 **{k: getattr(pool, k) for k in cls.__dataclass_fields__})
         tmp.replace(path)
         return pool
 
