@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from percept_cli.lock import read_json as _read_json  # a JSON object, or a ModelError naming the file
+
 if TYPE_CHECKING:  # torch loads lazily: `percept --help` must not import it
     import torch
 
@@ -198,23 +200,6 @@ OFFICIAL_PIPELINE = dict(
     layout="official", tasks=["depth", "flow", "amodal"], steps=50, depth_ensemble=3, flow_ensemble=3,
     amodal_ensemble=1, schedule="default", flow_scale=[75.0, 100.0], amodal_threshold=240.0, batch_size=8,
 )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a model folder; ModelError naming the file otherwise."""
-    import json
-
-    from percept_cli.errors import ModelError
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ModelError(f"missing '{path}': the model folder is incomplete; re-download or re-save it") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read '{path}': {exc}; fix or re-download the file") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"'{path}' holds a JSON {type(data).__name__}, not an object; fix or re-download the file")
-    return data
 
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' ModelMixin weights file

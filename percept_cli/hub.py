@@ -68,8 +68,8 @@ def file_sha256(path: str | Path, *, trust_cache: bool = True) -> str:
     real, store_path = os.path.realpath(path), Path(os.environ.get("PERCEPT_CACHE") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "percept").expanduser() / "verified.json"
     ident = lambda: (lambda st: {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino})(os.stat(real))
-    before, store = ident(), read_json(store_path, {})
-    store = {k: v for k, v in (store.items() if isinstance(store, dict) else ()) if os.path.exists(k)}
+    before = ident()
+    store = {k: v for k, v in read_json(store_path, {}).items() if os.path.exists(k)}
     rec = store.get(real)
     if trust_cache and isinstance(rec, dict) and {k: rec.get(k) for k in before} == before \
             and SHA256_RE.fullmatch(str(rec.get("sha256"))):
@@ -91,10 +91,7 @@ def source_from_folder(folder: str | Path, name: str, *, extra_config: dict[str,
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist: check the path")
     has = lambda rel: (folder / rel).is_file()  # noqa: E731
-    config = read_json(folder / "percept.json") if has("percept.json") else {}
-    if not isinstance(config, dict):
-        raise ModelError(f"{folder / 'percept.json'} must hold a JSON object: fix or regenerate it")
-    config = {**(extra_config or {}), **config}
+    config = {**(extra_config or {}), **(read_json(folder / "percept.json") if has("percept.json") else {})}
     vae = [] if has("vae/config.json") else ["vae/config.json"]
     vae += [] if any(folder.glob("vae/diffusion_pytorch_model.*")) else ["vae/diffusion_pytorch_model.safetensors"]
     sched = [] if has("scheduler/scheduler_config.json") else ["scheduler/scheduler_config.json"]

@@ -96,16 +96,19 @@ def user_lock_path() -> Path:
     return Path(os.environ.get("PERCEPT_LOCK") or config).expanduser()
 
 
-def read_json(path: str | Path, default: Any = ModelError) -> Any:
-    """A JSON file's value; `default` if it is missing or unreadable, else a ModelError naming the fix."""
+def read_json(path: str | Path, default: Any = ModelError) -> dict[str, Any]:
+    """A JSON object from a file; `default` if it is missing or not one, else a ModelError naming the fix."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         if default is not ModelError:
             return default
         if isinstance(e, FileNotFoundError):
             raise ModelError(f"missing '{path}': the model folder is incomplete; re-download or re-save it") from None
         raise ModelError(f"cannot read '{path}': {e}; fix or re-download the file") from None
+    if not isinstance(data, dict) and default is ModelError:
+        raise ModelError(f"'{path}' holds a JSON {type(data).__name__}, not an object; fix or re-download the file")
+    return data if isinstance(data, dict) else default
 
 
 def load_lock(path: str | Path | None = None) -> Lock:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 
 from percept_cli.errors import UsageError
 from percept_cli.fits import QUANTITIES, claims, fit_all
+from percept_cli.lock import read_json
 
 Log = Callable[[str], None]
 STAGES = ("train", "sweep", "report")
@@ -241,10 +242,6 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
-
-
 def _shared_pool(study: Study, cfg, log: Log) -> None:
     """Render the training scenes once for the study and hard-link them where train.py looks."""
     from percept_cli.data.mixture import ScenePool
@@ -366,12 +363,12 @@ def train_run(study: Study, spec: RunSpec, max_time: float | None = None, log: L
 
     cfg = train_config(study, spec)
     run_dir = Path(cfg.out)
-    result = _read_json(run_dir / "result.json")
+    result = read_json(run_dir / "result.json", None)
     if result is not None and result.get("steps") == spec.steps:
         return "done", result
     parent = None
     if spec.kind == "upcycled":
-        parent = _read_json(study.out / "runs" / spec.base / "result.json")
+        parent = read_json(study.out / "runs" / spec.base / "result.json", None)
         if parent is None:
             log(f"[{spec.name}] waiting: its dense parent {spec.base} has not finished")
             return "waiting", None
@@ -424,7 +421,7 @@ def run_study(config_path: str | Path, out_dir: str | Path | None = None, only: 
     summary = []
     for spec in sorted((r for r in study.runs if r.name in wanted), key=lambda r: order[r.kind]):
         left = None if deadline is None else deadline - time.time()
-        result = _read_json(study.out / "runs" / spec.name / "result.json")
+        result = read_json(study.out / "runs" / spec.name / "result.json", None)
         if result is not None and result.get("steps") == spec.steps:
             summary.append(dict(name=spec.name, status="done", result=result))
             continue
@@ -483,7 +480,7 @@ def run_sweeps(config_path: str | Path, out_dir: str | Path | None = None, max_t
         return []
     spec = study.run(sw["model"])
     ckpt = study.out / "runs" / spec.name / "checkpoint-last"
-    if _read_json(study.out / "runs" / spec.name / "result.json") is None:
+    if read_json(study.out / "runs" / spec.name / "result.json", None) is None:
         log(f"sweeps wait for run {spec.name} to finish training")
         return []
     path = study.out / "sweeps" / "points.jsonl"
@@ -535,7 +532,7 @@ def run_sweeps(config_path: str | Path, out_dir: str | Path | None = None, max_t
 
 def collect(study: Study) -> dict[str, Any]:
     """Every finished point of the study (no fits)."""
-    train = [r for spec in study.runs if (r := _read_json(study.out / "runs" / spec.name / "result.json"))]
+    train = [r for spec in study.runs if (r := read_json(study.out / "runs" / spec.name / "result.json", None))]
     sweep_points: list[dict[str, Any]] = []
     if study.sweep["model"] is not None:
         done = {p["key"]: p for p in _read_points(study.out / "sweeps" / "points.jsonl")}
