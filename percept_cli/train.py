@@ -160,14 +160,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print):
         self.cfg, self.log = cfg, log
         self.out = Path(cfg.out)
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        from percept_cli.run import shard  # the one RANK / WORLD_SIZE / LOCAL_RANK parser
+
+        self.rank, self.world, local_rank = shard()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.seed)
         if cfg.init:
             from percept_cli.models.surgery import load_pretrained_dit, perception_from_generative
