@@ -2,19 +2,25 @@
 
   1. validate option values at the edge: before any file is decoded or any model is loaded
   2. expand the inputs into sources (media.collect_*), check the output folder; under torchrun
-     take this rank's shard
-  3. drop sources whose outputs all exist (unless --overwrite); nothing left -> no model load
+     take this rank's shard. An input that cannot be used (missing, not an image, no mask) fails
+     alone: it is reported and the rest go on
+  3. drop sources whose outputs all exist (unless --overwrite; uncertainty maps count when the
+     ensemble actually used, flag or checkpoint default, has more than one member); nothing left
+     -> no model load
   4. resolve and load the model once, when the first input has decoded; settings = flag >
      checkpoint default > built-in default
   5. stream jobs (one per image, pair or video frame) in chunks through Predictor.predict_iter;
      a bad input fails alone, every file is written atomically by writers
-  6. report: one JSON record per input (--json), a summary line, BatchFailed if anything failed
+  6. report: one JSON record per input (--json) as soon as its files are written, in input order;
+     a summary line; BatchFailed (exit 1) if anything failed, a truncated video included (its
+     decoded frames are written, the shortfall is a warning and counts as a failure)
 
 torch is imported only in step 4, so planning and `--help` stay light.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -37,6 +43,8 @@ REDUCTIONS = ("mean", "median")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CHUNK = 32  # inputs decoded and predicted together: bounded memory, full batches
 VIDEO_FPS = 10.0  # for the .mp4 when the container does not say
+MAX_RESOLUTION_ENV = "PERCEPT_MAX_RESOLUTION"
+MAX_RESOLUTION = 4096  # px per side of the processing grid; 100000 would ask for 120 GB
 _OUTPUTS = {"depth": writers.depth_outputs, "flow": writers.flow_outputs, "amodal": writers.amodal_outputs}
 
 
@@ -99,6 +107,7 @@ class VideoEnd:
 
     source: Source
     error: str | None = None
+    short: str | None = None  # fewer frames decoded than declared: the .mp4 is kept, the video counts as failed
 
 
 # ------------------------------------------------------------------------------------------------ 1. edge checks
@@ -113,6 +122,10 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
                         ("--resolution", opts.resolution), ("--every", opts.every), ("--max-frames", opts.max_frames)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
+    if opts.resolution is not None and opts.resolution > (limit := max_resolution()):
+        raise UsageError(f"--resolution {opts.resolution} is above the limit of {limit} px; lower --resolution, "
+                         f"or raise the limit with {MAX_RESOLUTION_ENV}={opts.resolution} if the memory is there")
+    media.max_pixels()  # a bad $PERCEPT_MAX_PIXELS is a usage error now, not at the first image
     if opts.seed < 0:
         raise UsageError(f"--seed must be zero or positive, got {opts.seed}")
     if not DEVICE_RE.fullmatch(opts.device.lower()):
@@ -123,6 +136,21 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
     if opts.schedule is not None:
         parse_schedule(opts.schedule)
     return writers.parse_formats(opts.format or "all", task)
+
+
+def max_resolution() -> int:
+    """The largest --resolution accepted: $PERCEPT_MAX_RESOLUTION, else MAX_RESOLUTION."""
+    raw = os.environ.get(MAX_RESOLUTION_ENV, "").strip()
+    if not raw:
+        return MAX_RESOLUTION
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{MAX_RESOLUTION_ENV}={raw!r} is not a positive whole number of pixels; "
+                         f"set e.g. {MAX_RESOLUTION_ENV}={MAX_RESOLUTION} or unset it")
+    return value
 
 
 def check_output(folder: Path) -> None:
@@ -141,22 +169,28 @@ def check_output(folder: Path) -> None:
 
 
 def collect_sources(task: str, inputs: list[str], opts: Options, mask: str | None = None,
-                    list_file: str | None = None, stdin: TextIO | None = None) -> list[Source]:
-    """Expand files, folders, globs, videos, '-' and --list into sources (media does the reading rules)."""
+                    list_file: str | None = None, stdin: TextIO | None = None,
+                    problems: list[media.Problem] | None = None) -> list[Source]:
+    """Expand files, folders, globs, videos, '-' and --list into sources (media does the reading rules).
+
+    With `problems`, inputs that cannot be used (missing, no mask...) are noted there and the rest
+    returned; without, the first raises InputError.
+    """
     out = opts.output
     if task == "depth":
         if list_file is not None:
             raise UsageError("depth takes images, folders, globs or '-' (paths on stdin), not --list; drop --list")
-        items = media.collect_images(inputs, recursive=opts.recursive, stdin=stdin, exclude=out)
+        items = media.collect_images(inputs, recursive=opts.recursive, stdin=stdin, exclude=out, problems=problems)
         return [Source(it.rel, (it.path,), media.is_video(it.path)) for it in items]
     if task == "flow":
         if mask is not None:
             raise UsageError("--mask is for amodal; flow takes A B, a video, a folder of frames or --list FILE")
-        pairs = media.collect_pairs(inputs, recursive=opts.recursive, list_file=list_file, stdin=stdin, exclude=out)
+        pairs = media.collect_pairs(inputs, recursive=opts.recursive, list_file=list_file, stdin=stdin, exclude=out,
+                                    problems=problems)
         return [Source(a.rel, (a.path,), True) if a.path == b.path and media.is_video(a.path)
                 else Source(a.rel, (a.path, b.path)) for a, b in pairs]
     pairs = media.collect_image_mask_pairs(inputs, mask=mask, list_file=list_file, recursive=opts.recursive,
-                                           stdin=stdin)
+                                           stdin=stdin, exclude=out, problems=problems)
     return [Source(it.rel, (it.path, m), media.is_video(it.path)) for it, m in pairs]
 
 
@@ -205,6 +239,7 @@ class _Run:
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.failed: list[str] = []
         self.model = opts.model
+        self._ensemble: int | None = None  # the checkpoint's default ensemble, read once when needed
 
     # -- planning ---------------------------------------------------------------------------------
 
@@ -220,20 +255,48 @@ class _Run:
         idx = [i for i, _ in media.iter_video_frames(src.paths[0], self.opts.every, self.opts.max_frames)]
         return idx[:-1] if self.task == "flow" else idx
 
-    def done(self, src: Source) -> bool:
-        """True when every output exists (uncertainty files only count when --ensemble > 1 was asked for)."""
-        if self.opts.overwrite:
+    def uncertainty(self) -> bool:
+        """Whether this run writes uncertainty maps: the ensemble it uses (flag > checkpoint default) is > 1."""
+        if self.settings is not None:
+            return self.settings.ensemble > 1
+        if self.opts.ensemble is not None:
+            return self.opts.ensemble > 1
+        if self._ensemble is None:  # before the model loads: its config says, without loading weights
+            self._ensemble = default_ensemble(self.task, self.opts.model) or 1
+        return self._ensemble > 1
+
+    def have(self, rel: Path) -> bool | str:
+        """True when the outputs of `rel` exist (uncertainty maps too where this run writes them), False when
+        there is work, or an error message when an output path is taken by something that is not a file."""
+        base, full = self.outputs(rel, False), self.outputs(rel, True)
+        extra = [p for p in full if p not in base]
+        if (msg := _blocked(base)) or ((msg := _blocked(extra)) and self.uncertainty()):
+            return msg
+        if self.opts.overwrite or not all(p.is_file() for p in base):
             return False
-        unc = (self.opts.ensemble or 1) > 1
+        # the uncertainty maps decide only when they are missing: then the ensemble actually used says
+        return all(p.is_file() for p in extra) or not self.uncertainty()
+
+    def written(self, rel: Path) -> list[Path]:
+        """The output files a skipped input has (its uncertainty maps when they are there)."""
+        full = self.outputs(rel, True)
+        return full if all(p.is_file() for p in full) else self.outputs(rel, False)
+
+    def done(self, src: Source) -> bool | str:
+        """True when every output exists, False when there is work, or an error message (see have)."""
         if not src.video:
-            return all(p.exists() for p in self.outputs(src.rel, unc))
-        if not self.mp4(src).exists():
+            return self.have(src.rel)
+        mp4 = self.mp4(src)
+        if msg := _blocked([mp4]):
+            return msg
+        if self.opts.overwrite or not mp4.exists():
             return False
         try:
             frames = self.frame_indices(src)
         except InputError:
-            return False  # reported when the video is processed
-        return all(p.exists() for i in frames for p in self.outputs(media.frame_item(_item(src), i).rel, unc))
+            return False  # reported when the video is processed (a truncated one too)
+        # a frame whose output path is blocked is reported by frame_job
+        return all(self.have(media.frame_item(_item(src), i).rel) is True for i in frames)
 
     def estimate(self, pending: list[Source]) -> int | None:
         """Jobs to run, for the progress bar; None when a video does not say its length."""
@@ -260,13 +323,20 @@ class _Run:
         # 1. values and formats, before anything is read
         self.formats = check_options(self.task, self.opts)
         # 2. sources, and this rank's shard of them (a deterministic sort first: every rank sees the same list)
-        sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin)
-        check_output(self.out)
+        # inputs that cannot be used fail alone: reported first, the others go on
+        problems: list[media.Problem] = []
+        sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin, problems)
+        if not sources and len(problems) == 1:
+            raise InputError(problems[0].message)  # the only input: its own message is the error
+        if sources:
+            check_output(self.out)
+        for problem in problems:
+            self.report_problem(problem)
         if self.world > 1:
             sources = sorted(sources, key=lambda s: media.natural_key(s.rel))[self.rank :: self.world]
         # 3. resume: sources whose outputs all exist are skipped (and reported in input order)
         plan = [(src, self.done(src)) for src in sources]
-        pending = [src for src, done in plan if not done]
+        pending = [src for src, done in plan if done is not True]
         # 4-5. stream jobs through the predictor in chunks; the model loads with the first decodable input
         stream = self.stream(plan)
         try:
@@ -297,9 +367,12 @@ class _Run:
             stream.close()
         # 6. report
         c = self.counts
-        if not pending:
+        if not sources:
+            if not problems:
+                self.console.note("no inputs for this rank")
+        elif not pending:
             self.console.note(f"every input has its outputs in '{self.out}' already; nothing to do "
-                              "(pass --overwrite to predict again)" if sources else "no inputs for this rank")
+                              "(pass --overwrite to predict again)")
         else:
             self.console.note(f"{self.task}: {c['ok']} done, {c['skipped']} skipped, {c['failed']} failed "
                               f"in {time.perf_counter() - t_start:.1f} s -> {self.out}")
@@ -309,6 +382,16 @@ class _Run:
             total = sum(c.values())
             raise BatchFailed(f"{len(self.failed)} of {total} inputs failed: {listed}; "
                               "fix them (see the errors above) and re-run: finished outputs are kept")
+
+    def report_problem(self, problem: media.Problem) -> None:
+        """An input that failed while the inputs were expanded: said on stderr (rank 0), counted, recorded."""
+        job = Job(Source(Path(Path(problem.inputs[0]).stem), tuple(Path(p) for p in problem.inputs)), Path(),
+                  status="failed", error=problem.message)
+        if self.rank == 0:
+            self.emit(job)
+        else:  # every rank sees the same inputs: one says so, all exit 1
+            self.counts["failed"] += 1
+            self.failed.append(" & ".join(problem.inputs))
 
     def chunk_size(self) -> int:
         """Inputs per predict_iter call: at least CHUNK, and enough rows to fill one batch."""
@@ -340,11 +423,13 @@ class _Run:
         """Jobs in input order; images decode ahead on worker threads (prefetch), videos lazily here."""
         from percept_cli.prefetch import prefetch
 
-        def job_for(src: Source, done: bool):
+        def job_for(src: Source, done: bool | str):
             """A callable run on a worker thread: the image's Job, or the video source to expand here."""
             def decode() -> Job | Source:
+                if isinstance(done, str):  # an output path is taken by a folder
+                    return Job(src, src.rel, status="failed", error=done)
                 if done:
-                    outs = [self.mp4(src)] if src.video else self.outputs(src.rel, (self.opts.ensemble or 1) > 1)
+                    outs = [self.mp4(src)] if src.video else self.written(src.rel)
                     return Job(src, src.rel, status="skipped", outputs=outs)
                 if src.video:
                     return src
@@ -367,6 +452,9 @@ class _Run:
                 writer = writers.VideoWriter(self.mp4(src), fps=fps, overwrite=self.opts.overwrite)
                 self.videos[src] = writer.__enter__()  # closed in finish_video, or discarded on any exception
                 yield from self.video_jobs(src)
+            except media.VideoShortError as e:  # its frames are in the stream already
+                yield VideoEnd(src, short=str(e))
+                continue
             except InputError as e:
                 yield VideoEnd(src, str(e))
                 continue
@@ -396,8 +484,11 @@ class _Run:
         """A frame's job; skipped when its outputs exist (its .mp4 frame is then rebuilt from them)."""
         rel = media.frame_item(_item(src), index).rel
         job = Job(src, rel, frame=index, item=item)
-        outs = self.outputs(rel, (self.opts.ensemble or 1) > 1)
-        if not self.opts.overwrite and all(p.exists() for p in outs):
+        have = self.have(rel)
+        if isinstance(have, str):
+            job.status, job.error, job.item = "failed", have, None
+        elif have:
+            outs = self.written(rel)
             writer = self.videos.get(src)
             viz = None if writer is None or writer.skipped else viz_from_outputs(self.task, outs, item)
             if writer is None or writer.skipped or viz is not None:
@@ -407,7 +498,8 @@ class _Run:
     # -- predicting and writing -------------------------------------------------------------------
 
     def process(self, entries: list[Job | VideoEnd], tracker) -> None:
-        """Predict the chunk's pending jobs in one predict_iter call, then finish every entry in order."""
+        """Predict the chunk's pending jobs in one predict_iter call; each entry is finished (its .mp4 frame
+        added, its JSON line printed) as soon as it and every entry before it are done."""
         if self.predictor is None and any(isinstance(e, Job) and e.status == "pending" for e in entries):
             self.load()  # the first inputs all failed or were skipped
         pending = []
@@ -418,36 +510,52 @@ class _Run:
                     pending.append(job)
                 except InputError as e:
                     job.status, job.error, job.item = "failed", str(e), None
+        cursor = 0
+
+        def flush() -> None:
+            """Finish entries in input order up to the first one still being predicted."""
+            nonlocal cursor
+            while cursor < len(entries):
+                entry = entries[cursor]
+                if isinstance(entry, Job) and entry.status == "pending":
+                    return
+                self.finish(entry, tracker)
+                cursor += 1
+
+        flush()  # skipped and failed inputs before the first prediction are reported now
         if pending:
             s = self.settings
             rows = len(pending) * len(get_task(self.task).labels) * s.ensemble * s.steps
             t0 = time.perf_counter()
             items = [j.item for j in pending]
-            for i, result in self.predictor.predict_iter(self.task, items, s, on_step=tracker.steps(rows)):
+            for n, (i, result) in enumerate(self.predictor.predict_iter(self.task, items, s,
+                                                                         on_step=tracker.steps(rows)), start=1):
                 job = pending[i]
                 job.outputs = self.write(job, result)
                 if job.source.video:
                     job.viz = visualise(self.task, result, job.item)
                 job.status, job.item = "ok", None
                 items[i] = None  # the predictor's own references go with its cache
+                job.seconds = (time.perf_counter() - t0) / n  # inputs share batches: the chunk's mean so far
                 tracker.advance()
-            share = (time.perf_counter() - t0) / len(pending)  # inputs share batches: an equal share each
-            for job in pending:
-                job.seconds = share
-        for entry in entries:
-            if isinstance(entry, VideoEnd):
-                self.finish_video(entry)
-                continue
-            writer = self.videos.get(entry.source)
-            if entry.status == "failed" and writer is not None:
-                self.finish_video(VideoEnd(entry.source, entry.error), quiet=True)
-            elif entry.viz is not None and writer is not None:
-                writer.append(entry.viz)
-                entry.viz = None
-            # predicted jobs advanced as they finished; sources skipped while planning are not in the total
-            if entry.status == "failed" or (entry.status == "skipped" and entry.frame is not None):
-                tracker.advance()
-            self.emit(entry)
+                flush()
+        flush()
+
+    def finish(self, entry: Job | VideoEnd, tracker) -> None:
+        """One finished entry: close a video, add a frame to its .mp4, count and report a job."""
+        if isinstance(entry, VideoEnd):
+            self.finish_video(entry)
+            return
+        writer = self.videos.get(entry.source)
+        if entry.status == "failed" and writer is not None:
+            self.finish_video(VideoEnd(entry.source, entry.error), quiet=True)
+        elif entry.viz is not None and writer is not None:
+            writer.append(entry.viz)
+            entry.viz = None
+        # predicted jobs advanced as they finished; sources skipped while planning are not in the total
+        if entry.status == "failed" or (entry.status == "skipped" and entry.frame is not None):
+            tracker.advance()
+        self.emit(entry)
 
     def write(self, job: Job, r) -> list[Path]:
         stem, o = self.out / job.rel, self.opts
@@ -459,21 +567,33 @@ class _Run:
                                     overwrite=o.overwrite)
 
     def finish_video(self, end: VideoEnd, quiet: bool = False) -> None:
-        """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise."""
+        """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise.
+
+        A truncated video (end.short) keeps the .mp4 of the frames that decoded; the shortfall is a
+        warning and the video counts as failed, so the run exits 1.
+        """
         writer = self.videos.pop(end.source, None)
-        if writer is None:  # never opened (unreadable video), or discarded after a failed frame
-            if end.error is not None and not quiet:
-                self.emit(Job(end.source, end.source.rel, status="failed", error=end.error))
-            return
-        if end.error is None:
-            writer.__exit__(None, None, None)
-            status = "skipped" if writer.skipped else "ok"
-        else:
-            err = InputError(end.error)
-            writer.__exit__(InputError, err, None)
-            status = "failed"
+        if writer is not None:
+            if end.error is None:
+                writer.__exit__(None, None, None)
+            else:
+                writer.__exit__(InputError, InputError(end.error), None)
         if quiet:  # the failed frame's own record says why
             return
+        if end.short is not None:
+            self.console.warn(end.short)
+            self.counts["failed"] += 1
+            self.failed.append(str(end.source.paths[0]))
+            if self.opts.json:
+                job = Job(end.source, end.source.rel, status="failed", error=end.short,
+                          outputs=[self.mp4(end.source)] if self.mp4(end.source).is_file() else [])
+                self.console.record(self.record(job) | {"frames": writer.frames if writer is not None else 0})
+            return
+        if writer is None:  # never opened (unreadable video), or discarded after a failed frame
+            if end.error is not None:
+                self.emit(Job(end.source, end.source.rel, status="failed", error=end.error))
+            return
+        status = "failed" if end.error is not None else "skipped" if writer.skipped else "ok"
         job = Job(end.source, end.source.rel, status=status, error=end.error, outputs=[self.mp4(end.source)])
         if status == "failed":
             self.emit(job)
@@ -510,6 +630,43 @@ class _Run:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _blocked(paths: list[Path]) -> str | None:
+    """An error message when an output path is taken by a folder (or anything but a file), else None."""
+    for p in paths:
+        if p.exists() and not p.is_file():
+            what = "a folder" if p.is_dir() else "not a regular file"
+            return (f"output '{p}' is {what}, so the file cannot be written there; remove or rename it, "
+                    "or choose another output folder with -o")
+    return None
+
+
+def default_ensemble(task: str, model: str | None) -> int | None:
+    """The checkpoint's default ensemble size for `task`, read from its config without loading weights.
+
+    None when that needs a download or the config cannot be read (the caller then assumes 1).
+    """
+    from percept_cli.errors import PerceptError
+
+    try:
+        from percept_cli.checkpoints import OFFICIAL_PIPELINE
+        from percept_cli.hub import resolve_model
+        from percept_cli.lock import default_model_name
+
+        source = resolve_model(model or default_model_name(), download=False, progress=False)
+        if source.layout == "official":
+            config = {**OFFICIAL_PIPELINE, **source.config}
+        else:
+            pjson = source.root / "percept.json" if source.root is not None else None
+            config = {**(json.loads(pjson.read_text()) if pjson is not None and pjson.is_file() else {}),
+                      **source.config}
+        # as Predictor.settings picks it: the task's own key, then the model's, then the built-in default
+        value = config.get(f"{task}_ensemble")
+        value = value if value is not None else config.get("ensemble", 1)  # pipeline.DEFAULTS: 1
+        return int(value)
+    except (PerceptError, OSError, ValueError, TypeError):
+        return None
 
 
 def _item(src: Source) -> media.InputItem:

@@ -74,7 +74,7 @@ def test_amodal_needs_a_mask_and_flow_two_frames(model, tmp_path):
     code, _, stderr = percept("amodal", img, *fast(model))
     assert code == 2 and "amodal needs exactly one of --mask MASK or --list FILE" in stderr
     code, _, stderr = percept("flow", img, *fast(model))
-    assert code == 1 and f"flow needs two images but only '{img}' was given" in stderr
+    assert code == 2 and f"flow needs two images but only '{img}' was given" in stderr  # a usage error
 
 
 # ----------------------------------------------------------------------------------------- user errors (1)

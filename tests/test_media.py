@@ -272,7 +272,7 @@ def test_pairs_from_two_images_folder_and_video(tmp_path):
     (tmp_path / "v.mp4").write_bytes(b"")
     ((va, vb),) = M.collect_pairs([str(tmp_path / "v.mp4")])
     assert va == vb and va.path.name == "v.mp4"
-    with pytest.raises(InputError, match="two images"):
+    with pytest.raises(UsageError, match="two images"):  # one frame alone: a usage error (exit 2)
         M.collect_pairs([str(a)])
 
 
