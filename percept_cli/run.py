@@ -66,6 +66,7 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"  # bf16 where the device runs it fast, else fp32 (dtypes.resolve_dtype)
     reduction: str | None = None
+    fit: str | None = None  # stretch | pad (pipeline.FITS)
     compile: bool = False  # torch.compile the denoiser (GPUs)
     output: Path = Path("percept-out")
     format: str | None = None  # comma list; None = every format of the task
@@ -133,6 +134,8 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
     check_dtype(opts.dtype)
     if opts.reduction is not None and opts.reduction not in REDUCTIONS:
         raise UsageError(f"--reduction must be mean or median, got {opts.reduction!r}")
+    if opts.fit is not None and opts.fit not in ("stretch", "pad"):
+        raise UsageError(f"--fit must be stretch or pad, got {opts.fit!r}")
     if opts.schedule is not None:
         parse_schedule(opts.schedule)
     return writers.parse_formats(opts.format or "all", task)
@@ -414,7 +417,7 @@ class _Run:
         o = self.opts
         self.settings = self.predictor.settings(self.task, steps=o.steps, ensemble=o.ensemble, schedule=o.schedule,
                                                 seed=o.seed, resolution=o.resolution, batch_size=o.batch_size,
-                                                reduction=o.reduction)
+                                                reduction=o.reduction, fit=o.fit)
         self.device = str(device)
 
     # -- decoding ---------------------------------------------------------------------------------
