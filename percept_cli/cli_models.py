@@ -38,9 +38,7 @@ def _out(obj: dict[str, Any], json_out: bool, title: str, columns: list[str], ro
 
 
 def _files(entry: lockfile.LockEntry) -> list[dict[str, Any]]:
-    """The entry's files and where each is on this machine."""
-    return [{**asdict(f), "pinned": f.pinned, "cache_path": str(p) if (p := hub.cached_file(f)) else None}
-            for f in entry.files]
+    return [hub.file_row(f, hub.cached_file(f)) for f in entry.files]
 
 
 @app.command("list")
@@ -90,8 +88,8 @@ def pull(
     typer.echo(f"wrote these into {where}; delete '{name}' there to pin it again" if pinning else
                f"{name}: {len(fetched)} files cached and verified", err=True)
     if json_out:
-        typer.echo(json.dumps({"name": name, "pinned_by": str(where) if where else None, "files": [
-            {**asdict(f), "pinned": f.pinned, "cache_path": str(p)} for f, p in fetched]}, indent=2))
+        typer.echo(json.dumps({"name": name, "pinned_by": str(where) if where else None,
+                               "files": [hub.file_row(f, p) for f, p in fetched]}, indent=2))
 
 
 @app.command()
@@ -101,16 +99,13 @@ def verify(
 ) -> None:
     """Re-hash the cached files of one model (or all) against the lock; exit 1 on a mismatch."""
     results = hub.verify_models(name)
-    bad = [(model, c) for model, checks in results.items() for c in checks if c.status == "mismatch"]
-    _out({"ok": not bad, "models": {model: [
-        {**asdict(c.file), "pinned": c.file.pinned, "cache_path": str(c.path) if c.path else None, "status": c.status,
-         "actual_size": c.size, "actual_sha256": c.sha256 or None} for c in checks] for model, checks in results.items()}},
-         json_out, "verify", ["model", "file", "status", "sha256"],
-         [[model, c.file.path, c.status, c.sha256 or "-"] for model, checks in results.items() for c in checks])
+    bad = [(model, c) for model, checks in results.items() for c in checks if c["status"] == "mismatch"]
+    _out({"ok": not bad, "models": results}, json_out, "verify", ["model", "file", "status", "sha256"],
+         [[model, c["path"], c["status"], c["actual_sha256"] or "-"] for model, checks in results.items() for c in checks])
     if bad:
         model, c = bad[0]
-        raise ChecksumError(f"{c.path} (model '{model}', {c.file.path}) has sha256 {c.sha256} and {c.size} bytes, "
-                            f"the lock expects {c.file.sha256 or '?'} and {c.file.size or '?'}: "
+        raise ChecksumError(f"{c['cache_path']} (model '{model}', {c['path']}) has sha256 {c['actual_sha256']} and "
+                            f"{c['actual_size']} bytes, the lock expects {c['sha256'] or '?'} and {c['size'] or '?'}: "
                             f"{hub.fix_for(lockfile.load_lock().entry(model))}"
                             + (f" ({len(bad)} bad files)" if len(bad) > 1 else ""))
 

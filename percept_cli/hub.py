@@ -15,7 +15,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
@@ -131,6 +131,11 @@ def cached_file(f: LockFile) -> Path | None:
     p = COMMIT_RE.fullmatch(f.revision) and hf_hub().try_to_load_from_cache(
         f.repo, f.path, cache_dir=hub_cache_dir(), revision=f.revision)
     return Path(p) if isinstance(p, str) else None
+
+
+def file_row(f: LockFile, path: Path | None) -> dict[str, Any]:
+    """A file's lock fields and where it is on this machine, for JSON."""
+    return {**asdict(f), "pinned": f.pinned, "cache_path": str(path) if path else None}
 
 
 def _label(f: LockFile) -> str:
@@ -340,16 +345,6 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool, force: bool = Fals
     return source_from_folder(folder, spec), fetched
 
 
-class FileCheck(NamedTuple):
-    """The outcome of re-hashing one lock file: status is ok | mismatch | missing | unpinned."""
-
-    file: LockFile
-    path: Path | None
-    size: int | None
-    sha256: str
-    status: str
-
-
 def pull_model(spec: str, *, force: bool = False, progress: bool = True, pin: bool = False,
                lock: Lock | None = None) -> list[Fetched]:
     """Download and verify a model's files; with `pin`, an unpinned entry is pinned into the user lock."""
@@ -370,19 +365,19 @@ def pin_model(entry: LockEntry, target: Path, *, force: bool = False, progress: 
     return fetched
 
 
-def verify_models(name: str | None = None, *, lock: Lock | None = None) -> dict[str, list[FileCheck]]:
-    """Re-hash every cached file of one model (or all), ignoring the verified cache; no network."""
+def verify_models(name: str | None = None, *, lock: Lock | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Re-hash every cached file of one model (or all), ignoring the verified cache; no network. Each file's
+    lock fields, cache_path, actual_size, actual_sha256 and status: ok | mismatch | missing | unpinned."""
     lock = lock or load_lock()
-    out: dict[str, list[FileCheck]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for entry in [lock.entry(name)] if name else lock.models.values():
-        out[entry.name] = checks = []
+        out[entry.name] = []
         for f in entry.files:
-            if (path := cached_file(f)) is None:
-                checks.append(FileCheck(f, None, None, "", "missing"))
-                continue
-            digest, size = file_sha256(path, trust_cache=False), os.stat(path).st_size
-            ok = (not f.sha256 or digest == f.sha256) and (not f.size or size == f.size)
-            checks.append(FileCheck(f, path, size, digest, "mismatch" if not ok else "ok" if f.pinned else "unpinned"))
+            path = cached_file(f)
+            size, digest = (os.stat(path).st_size, file_sha256(path, trust_cache=False)) if path else (None, None)
+            bad = path and ((f.sha256 and digest != f.sha256) or (f.size and size != f.size))
+            out[entry.name].append({**file_row(f, path), "actual_size": size, "actual_sha256": digest, "status":
+                                    "missing" if not path else "mismatch" if bad else "ok" if f.pinned else "unpinned"})
     return out
 
 

@@ -349,7 +349,7 @@ def test_verified_cache_avoids_rehashing(official: Official, monkeypatch: pytest
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     H.resolve_model("generalist", progress=False)
     assert len(calls) == 5  # touched: hashed again
-    assert H.verify_models("generalist")["generalist"][0].status == "ok"
+    assert H.verify_models("generalist")["generalist"][0]["status"] == "ok"
     assert len(calls) == 9  # verify ignores the cache
 
 
@@ -405,7 +405,7 @@ def test_shipped_tiny_verifies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "pc"))
     src = H.resolve_model("tiny")
     assert src.layout == "percept" and (src.root / "diffusion_pytorch_model.safetensors").is_file()
-    assert all(c.status == "ok" for c in H.verify_models("tiny")["tiny"])
+    assert all(c["status"] == "ok" for c in H.verify_models("tiny")["tiny"])
 
 
 # --- local folders and hf:// ---------------------------------------------------------------------
