@@ -12,7 +12,9 @@ load from other processes hits every contender alike):
             official procedure (fp32, one member at a time, u and v as separate passes), same
             sampler pieces, with max abs differences of the outputs
   moe       MoE MLP (top-k of E) time over a dense MLP of k times the hidden width (equal FLOPs)
-  startup   `python -m percept_cli --help` and `python -c "import torch"`, best of 3
+  startup   `python -m percept_cli --help` and `python -c "import torch"`, best of 3; and the time to
+            first output of `percept depth examples/scene.png --model tiny --steps 1 --ensemble 1`
+            over `import torch`, interleaved, median of 3 (target: at most 1.5x)
   memory    peak RSS of predicting one 4000x3000 photo with ensemble 8 (in a child process)
 Close other heavy jobs first: `cpu_share` says how much of the cores the timed runs got.
 """
@@ -27,9 +29,12 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -350,6 +355,48 @@ def best_of(cmd: list[str], n: int = 3) -> float | None:
     return round(min(times), 3)
 
 
+# Time to first output of the smallest real command, against the bare `import torch` it cannot beat.
+FIRST_OUTPUT_COMMAND = ["depth", "examples/scene.png", "--model", "tiny", "--steps", "1", "--ensemble", "1"]
+FIRST_OUTPUT_TARGET = 1.5  # at most 1.5x `import torch`
+
+
+def seconds_to_first_line(cmd: list[str], cwd: Path) -> float | None:
+    """Wall seconds from starting `cmd` to its first line on stdout (None if it printed none or failed)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    seconds = time.perf_counter() - t0
+    proc.stdout.read()
+    return seconds if proc.wait() == 0 and line.strip() else None
+
+
+def bench_first_output(rounds: int = 3) -> dict[str, Any]:
+    """`import torch` and percept's first --json line, in interleaved subprocess rounds; medians and ratio."""
+    root = Path(__file__).resolve().parents[1]
+    torch_s: list[float] = []
+    first_s: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
+            torch_s.append(time.perf_counter() - t0)
+            out = Path(tmp) / f"round{i}"  # a fresh folder: an existing output would be skipped
+            cmd = [sys.executable, "-m", "percept_cli", *FIRST_OUTPUT_COMMAND, "-o", str(out), "--json", "-q"]
+            first = seconds_to_first_line(cmd, root)
+            if first is None:
+                return dict(startup_first_output_note=f"`percept {' '.join(FIRST_OUTPUT_COMMAND)}` printed no output")
+            first_s.append(first)
+    torch_med, first_med = statistics.median(torch_s), statistics.median(first_s)
+    return dict(
+        startup_first_output_command="percept " + " ".join(FIRST_OUTPUT_COMMAND),
+        startup_import_torch_median_s=round(torch_med, 3),
+        startup_first_output_median_s=round(first_med, 3),
+        startup_first_output_ratio=round(first_med / torch_med, 2),
+        startup_first_output_target=FIRST_OUTPUT_TARGET,
+        startup_rounds=dict(import_torch=[round(t, 3) for t in torch_s], first_output=[round(t, 3) for t in first_s]),
+    )
+
+
 def bench_startup() -> dict[str, Any]:
     out: dict[str, Any] = dict(startup_seconds_import_torch=best_of([sys.executable, "-c", "import torch"]))
     if importlib.util.find_spec("percept_cli.cli") is None:
@@ -359,6 +406,7 @@ def bench_startup() -> dict[str, Any]:
         out["startup_seconds_help"] = best_of([sys.executable, "-m", "percept_cli", "--help"])
         if out["startup_seconds_help"] is None:
             out["startup_note"] = "`python -m percept_cli --help` exited non-zero"
+        out.update(bench_first_output())
     return out
 
 
@@ -498,6 +546,12 @@ def print_summary(r: dict[str, Any]) -> None:
     if "startup_seconds_import_torch" in r:
         print(f"startup: --help {r['startup_seconds_help']} s, import torch {r['startup_seconds_import_torch']} s"
               + (f"  ({r['startup_note']})" if r.get("startup_note") else ""))
+    if "startup_first_output_ratio" in r:
+        print(f"startup: {r['startup_first_output_command']}: first output {r['startup_first_output_median_s']} s, "
+              f"import torch {r['startup_import_torch_median_s']} s (medians of 3, interleaved): "
+              f"ratio {r['startup_first_output_ratio']} (target <= {r['startup_first_output_target']})")
+    elif "startup_first_output_note" in r:
+        print(f"startup: {r['startup_first_output_note']}")
     if "memory_check" in r:
         print(f"memory check: {r['memory_check']}")
     print(f"peak RSS {r['peak_rss_mb']} MB; {r['seconds']} s")
