@@ -194,10 +194,10 @@ def write_lock_files(path: str | Path, name: str, files: Sequence[LockFile], par
 
     real = Path(os.path.realpath(Path(path).expanduser()))
     doc = tomlkit.parse(real.read_text(encoding="utf-8")) if real.exists() else tomlkit.document()
-    if not real.exists():
-        for line in header.splitlines():
-            doc.add(tomlkit.comment(line))
-        doc.add("models", tomlkit.table(is_super_table=True)).get("models").add(name, tomlkit.table())
+    for line in header.splitlines() if not real.exists() else ():
+        doc.add(tomlkit.comment(line))
+    if header and name not in doc.setdefault("models", tomlkit.table(is_super_table=True)):
+        doc["models"].add(name, tomlkit.table())  # the user lock gets tables as it needs them
     if (table := doc.get("models", {}).get(name)) is None:
         raise ModelError(f"{real} has no [models.{name}] table header: add the files of '{name}' by hand")
     if parameters is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import types
-from dataclasses import dataclass
-import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import tomlkit
 
 from percept_cli import hub as H
 from percept_cli import lock as L
@@ -331,6 +332,20 @@ def test_write_lock_files_replaces_inline_files_and_keeps_the_rest(tmp_path: Pat
     assert L.load_lock(tmp_path / "l.toml").entry("a").files == (new,)
     assert 'layout = "percept"  # ours\ntasks = ["depth"]\n\n[[models.a.files]]' in after
     assert after.endswith('\n\n# b is next\n[models.b]\nlayout = "official"\n') and after.startswith("# header\n")
+
+
+def test_write_lock_files_creates_and_extends_a_user_lock(tmp_path: Path) -> None:
+    user = tmp_path / "config" / "percept" / "weights.lock"
+    a = L.LockFile("weights", "w.pt", "o/r", "a" * 40, 2, "b" * 64)
+    L.write_lock_files(user, "a", [a], header="my lock\nsecond line")
+    L.write_lock_files(user, "b", [replace(a, path="v.pt")], header="my lock\nsecond line")
+    L.write_lock_files(user, "a", [replace(a, size=3)], header="my lock\nsecond line")
+    text = user.read_text()
+    assert text.startswith("# my lock\n# second line\n") and text.count("# my lock") == 1
+    data = tomlkit.parse(text).unwrap()
+    assert [f["size"] for f in data["models"]["a"]["files"]] == [3] and data["models"]["b"]["files"][0]["path"] == "v.pt"
+    with pytest.raises(ModelError, match=r"no \[models.c\] table"):
+        L.write_lock_files(user, "c", [a])  # without a header (the packaged lock): never adds a model
 
 
 # --- verified-identity cache --------------------------------------------------------------------
