@@ -117,11 +117,7 @@ def source_from_folder(folder: str | Path, name: str, *, extra_config: dict[str,
                        else None, scheduler=folder / "scheduler", config=config)
 
 
-class Fetched(NamedTuple):
-    """A file on disk, with its lock fields filled in from what was actually found."""
-
-    file: LockFile
-    path: Path
+Fetched = NamedTuple("Fetched", [("file", LockFile), ("path", Path)])  # lock fields as found, and where
 
 
 def cached_file(f: LockFile) -> Path | None:
@@ -345,23 +341,20 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool, force: bool = Fals
     return source_from_folder(folder, spec), fetched
 
 
-def pull_model(spec: str, *, force: bool = False, progress: bool = True, pin: bool = False,
+def pull_model(spec: str, *, force: bool = False, progress: bool = True, pin: bool | Path = False,
                lock: Lock | None = None) -> list[Fetched]:
-    """Download and verify a model's files; with `pin`, an unpinned entry is pinned into the user lock."""
+    """Download and verify a model's files. With `pin` (True: the user lock, or a lock file's path), an unpinned
+    entry is fetched at the commit `main` points to now, and every file's commit, size and sha256 are written
+    there: trust on first use."""
     if spec.startswith("hf://"):
         return _resolve_hf(spec, download=True, progress=progress, force=force)[1]
     entry = (lock or load_lock()).entry(spec)
-    if pin and not entry.builtin and not entry.pinned:
-        return pin_model(entry, user_lock_path(), force=force, progress=progress)
-    return _fetch_entry(entry, download=True, progress=progress, force=force)
-
-
-def pin_model(entry: LockEntry, target: Path, *, force: bool = False, progress: bool = True) -> list[Fetched]:
-    """Download an entry's unpinned files at the commit `main` points to now, verify them and write every
-    file's commit, size and sha256 into the lock file `target` (trust on first use)."""
+    if not pin or entry.builtin or entry.pinned:
+        return _fetch_entry(entry, download=True, progress=progress, force=force)
     fetched = _fetch(_probe(entry.files, entry.name), entry, download=True, progress=progress, force=force,
                      trust_cache=not force, probed=True)
-    write_lock_files(target, entry.name, [x.file for x in fetched], header=USER_LOCK_HEADER)
+    write_lock_files(user_lock_path() if pin is True else pin, entry.name, [x.file for x in fetched],
+                     header=USER_LOCK_HEADER if pin is True else "")
     return fetched
 
 
@@ -387,7 +380,7 @@ def lock_model(name: str, *, lock: Lock | None = None) -> list[LockFile]:
     lock = lock or load_lock()
     entry = lock.entry(name)
     if not entry.builtin:
-        return [x.file for x in pin_model(entry, lock.path, progress=False)]
+        return [x.file for x in pull_model(name, progress=False, pin=lock.path, lock=lock)]
     folder = PACKAGE_DIR / entry.folder
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts))
