@@ -88,6 +88,25 @@ def test_batch_script_usage_errors(tmp_path, args, message):
     assert not (tmp_path / "out").exists() and not (tmp_path / "percept-out").exists()
 
 
+def test_depth_command_imports_only_what_it_uses(tmp_path):
+    """Start-up: one depth prediction with one member pays for no scipy and no other diffusers scheduler."""
+    code = (
+        "import sys\n"
+        "from percept_cli.cli import main\n"
+        "try:\n"
+        f"    main(['depth', {str(ROOT / 'examples' / 'scene.png')!r}, '--model', 'tiny', '--steps', '1',\n"
+        f"          '--ensemble', '1', '--resolution', '32', '-q', '-o', {str(tmp_path / 'out')!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy' or m.startswith('diffusers.schedulers.scheduling_')))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "scene.depth.npy").is_file()
+    assert res.stdout.strip().splitlines()[-1] == "['diffusers.schedulers.scheduling_ddim', 'diffusers.schedulers.scheduling_utils']"
+
+
 # The repository must not carry the build machine's paths or date its models by the work period
 # that made them. The patterns are written so that this file does not match them.
 BUILD_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home)/|percept-runs")
