@@ -109,7 +109,7 @@ def test_depth_command_imports_only_what_it_uses(tmp_path):
 
 # The repository must not carry the build machine's paths or date its models by the work period
 # that made them. The patterns are written so that this file does not match them.
-BUILD_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home)/|percept-runs")
+BUILD_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home)/|percept-[r]uns")
 WORK_PERIOD = re.compile(r"\b[Ss]ession\s+\d|\b[Ss]ession-\d")
 
 
@@ -139,12 +139,14 @@ def test_no_build_machine_paths_or_work_period_history():
     assert not hits, "use relative example paths (runs/tiny) and describe models by their recipe:\n" + "\n".join(hits)
 
 
+# (the bad examples are split in two strings, so that this file's own lines stay clean)
 @pytest.mark.parametrize("line, bad", [
-    ("percept train --out /work/percept-runs/tiny2", True),
-    ("cache in /root/.cache/percept", True),
-    ("see /home/alice/runs", True),
-    ("trained in session 2, stage 3", True),
-    ("Session 1's full run", True),
+    ("percept train --out /wo" "rk/percept-" "runs/tiny2", True),
+    ("percept train --out runs/percept-" "runs", True),
+    ("cache in /ro" "ot/.cache/percept", True),
+    ("see /ho" "me/alice/runs", True),
+    ("trained in sess" "ion 2, stage 3", True),
+    ("Sess" "ion 1's full run", True),
     ("percept train --out runs/tiny", False),
     ('@pytest.fixture(scope="session")', False),
     ("tmp_path / 'work' / 'x'", False),
