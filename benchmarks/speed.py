@@ -16,7 +16,10 @@ load from other processes hits every contender alike):
             first output of `percept depth examples/scene.png --model tiny --steps 1 --ensemble 1`
             over `import torch`, interleaved, median of 3 (target: at most 1.5x)
   memory    peak RSS of predicting one 4000x3000 photo with ensemble 8 (in a child process)
-Close other heavy jobs first: `cpu_share` says how much of the cores the timed runs got.
+Every section measures fp32 and bf16 side by side; `auto_dtype` is what `--dtype auto` picks on this CPU
+(bf16 with AVX512_BF16 or AMX, else fp32; `machine.isa` says what was found), and `targets` holds
+each goal in the auto dtype and in fp32. Close other heavy jobs first: `cpu_share` says how much of
+the cores the timed runs got.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 
 from percept_cli import tasks as T
 from percept_cli.autoencoder import VAE, PixelSpace
+from percept_cli.dtypes import cpu_isa, resolve_dtype, torch_dtype
 from percept_cli.models.dit import GENERALIST_CONFIG, PerceptDiT, dit_config, forward_flops
 from percept_cli.models.moe import MoE, Mlp
 from percept_cli.pipeline import Predictor, TaskInput, cast_matmul_weights, maybe_compile
@@ -140,7 +144,11 @@ def autocast(dtype: torch.dtype):
     return torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Both are measured side by side on every CPU; `auto` (the default dtype, dtypes.resolve_dtype) picks one of
+# them and the headline figures are that one's. fp32 figures show what a CPU without fast bf16 gets.
+DTYPES = {name: torch_dtype(name) for name in ("fp32", "bf16")}
+AUTO = resolve_dtype("auto", "cpu")
+TARGETS = dict(mfu=0.75, speedup=2.0, moe_overhead=1.25)
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -484,7 +492,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = dict(
         benchmark="percept speed", date=datetime.date.today().isoformat(), quick=args.quick,
         machine=dict(cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                     python=platform.python_version()),
+                     python=platform.python_version(), isa=cpu_isa()),
+        auto_dtype=AUTO,
         config=args.config, params_millions=round(params / 1e6, 1), fp32_gb=round(params * 4 / 2**30, 2),
         materialized=materialize,
     )
@@ -506,6 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report.update(bench_startup())
     if "memory" in sections:
         report["memory_check"] = bench_memory()
+    report["targets"] = check_targets(report)
     report["peak_rss_mb"] = round(rss_mb(), 1)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.json:
@@ -515,9 +525,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def check_targets(r: dict[str, Any]) -> dict[str, Any]:
+    """Each target in the auto dtype (the one a user gets) and in fp32 (what a CPU without fast bf16 gets)."""
+    out: dict[str, Any] = {}
+    for d in dict.fromkeys((AUTO, "fp32")):
+        figures: dict[str, Any] = {}
+        if r.get("mfu"):
+            figures["mfu"] = r["mfu"][d]
+        for task, s in (r.get("speedup_vs_reference") or {}).items():
+            figures[f"speedup_{task}"] = s[d]
+        if r.get("moe_overhead"):
+            figures["moe_overhead"] = r["moe_overhead"][d]
+        met = {k: (v <= TARGETS["moe_overhead"]) if k == "moe_overhead" else v >= TARGETS[k.split("_")[0]]
+               for k, v in figures.items()}
+        out["auto" if d == AUTO else d] = dict(dtype=d, figures=figures, met=met, all_met=all(met.values()))
+    out["goals"] = dict(TARGETS)
+    return out
+
+
 def print_summary(r: dict[str, Any]) -> None:
     m = r["machine"]
     print(f"percept speed  {r['date']}  {m['cpu']} ({m['cores']} cores, {m['torch_threads']} threads, torch {m['torch']})")
+    isa = m["isa"]
+    print(f"ISA {isa['capability']}, bf16 flags {isa['bf16_flags']}: --dtype auto -> {r['auto_dtype']}")
     print(f"config {r['config']}: {r['params_millions']} M params ({r['fp32_gb']} GB fp32)")
     if "forward" in r:
         f = r["forward"]
@@ -554,6 +584,10 @@ def print_summary(r: dict[str, Any]) -> None:
         print(f"startup: {r['startup_first_output_note']}")
     if "memory_check" in r:
         print(f"memory check: {r['memory_check']}")
+    for name, t in r["targets"].items():
+        if name != "goals" and t["figures"]:
+            marks = ", ".join(f"{k} {v} {'ok' if t['met'][k] else 'MISSED'}" for k, v in t["figures"].items())
+            print(f"targets {name:4} ({t['dtype']}): {marks}")
     print(f"peak RSS {r['peak_rss_mb']} MB; {r['seconds']} s")
 
 
