@@ -17,7 +17,8 @@
    one batch-1 forward at 512x512 (64x64 latents, 1024 tokens) in the run dtype (autocast, as the
    sampler calls it), one VAE decode of a 64x64 latent, one VAE encode of the rgb+prompt pair.
 3. Print human-readable lines on stderr, and with --json one JSON object last on stdout:
-   params, weights_gb (the parameters as loaded, in their dtypes), dtype, load_seconds,
+   params, weights_gb (the parameters as loaded, in their dtypes), dtype, load_seconds
+   (checkpoint_cached_before_load: the fraction of the .pt in the page cache then, from fincore),
    peak_rss_gb (ru_maxrss of the child right after loading), peak_rss_run_gb (after the timed
    runs too), forward_seconds, vae_decode_seconds, vae_encode_seconds,
    projected_seconds_per_image {"50x3", "10x1"} (steps x members, depth: steps*members*forward +
@@ -196,6 +197,7 @@ def measure(folder: Path, dtype: str, device: str, repeats: int = 2) -> dict[str
     from percept_cli.pipeline import Predictor, pick_device
 
     dev = pick_device(device)
+    cached = _cached_fraction(next(Path(folder).glob("*.pt")))  # load time depends on it: disk or page cache
     rss0 = _maxrss_bytes()
     t0 = time.perf_counter()
     predictor = Predictor.from_source(source_from_folder(folder, str(folder)), device=dev, dtype=dtype)
@@ -254,7 +256,7 @@ def measure(folder: Path, dtype: str, device: str, repeats: int = 2) -> dict[str
 
     out: dict[str, Any] = dict(
         params=params, weights_gb=_gb(weights), params_by_dtype=by_dtype, dtype=dtype_name(run_dtype),
-        dtype_asked=dtype, load_seconds=round(load_seconds, 2), peak_rss_gb=_gb(rss_load),
+        dtype_asked=dtype, load_seconds=round(load_seconds, 2), checkpoint_cached_before_load=cached, peak_rss_gb=_gb(rss_load),
         peak_rss_over_weights=round(rss_load / weights, 3), forward_seconds=round(forward_seconds, 3),
         forward_first_seconds=round(first, 3), forward_gflops=round(flops / forward_seconds / 1e9, 1),
         vae_decode_seconds=round(decode_seconds, 3), vae_encode_seconds=round(encode_seconds, 3),
@@ -290,6 +292,16 @@ def _gpu_figures(forward_fn, best, flops, ae, lat, pair, per_image, name, run_dt
     res["seconds_per_image_50x8"] = round(50 * res["forward_seconds_b8"] + dec8 + enc, 2)
     res["memory_allocated_gb"] = _gb(torch.cuda.max_memory_allocated())
     return res
+
+
+def _cached_fraction(path: Path) -> float | None:
+    """How much of a file is in the page cache (util-linux fincore), or None where fincore is missing."""
+    try:
+        res = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                             capture_output=True, text=True, timeout=30)
+        return round(int(res.stdout.split()[0]) / path.stat().st_size, 3) if res.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_model() -> str:
