@@ -705,8 +705,8 @@ def _list_lines(list_file: str | os.PathLike[str], stdin: TextIO | None, columns
             continue
         entries += 1
         if len(tokens) != columns:
-            _report(problems, tokens, f"list {name} line {number}: expected {columns} paths '{usage}', got {len(tokens)}; "
-                    "quote paths that contain spaces")
+            _report(problems, tokens, f"list {name} line {number}: expected {columns} paths '{usage}', "
+                                      f"got {len(tokens)}; quote paths that contain spaces")
             continue
         paths = []
         for column, t in enumerate(tokens):
@@ -765,7 +765,8 @@ def collect_pairs(
                     by_folder.setdefault(f.path.parent, []).append(f)
                 folder_pairs = [p for g in by_folder.values() for p in _consecutive(g)]
                 if not folder_pairs:
-                    _report(problems, [arg], f"folder '{arg}' needs at least two frames for flow; add frames or pass A B")
+                    _report(problems, [arg],
+                            f"folder '{arg}' needs at least two frames for flow; add frames or pass A B")
                 pairs += folder_pairs
             else:
                 for f in group:
