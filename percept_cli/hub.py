@@ -65,9 +65,13 @@ def sha256_file(path: str | Path) -> str:
 
 def file_sha256(path: str | Path, *, trust_cache: bool = True) -> str:
     """sha256 of a file, reusing the digest verified.json holds for the same (real path, size, mtime, inode)."""
-    real, store_path = os.path.realpath(path), Path(os.environ.get("PERCEPT_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "percept").expanduser() / "verified.json"
-    ident = lambda: (lambda st: {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino})(os.stat(real))
+    real, xdg = os.path.realpath(path), Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    store_path = Path(os.environ.get("PERCEPT_CACHE") or xdg / "percept").expanduser() / "verified.json"
+
+    def ident() -> dict[str, int]:
+        st = os.stat(real)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
     before = ident()
     store = {k: v for k, v in read_json(store_path, {}).items() if os.path.exists(k)}
     rec = store.get(real)
