@@ -457,17 +457,18 @@ def _photo_albedo(tex: _Texture, uv: np.ndarray, footprint: np.ndarray) -> np.nd
     lo = np.floor(lod).astype(int)
     frac = lod - lo
     out = np.zeros((len(x), 3), np.float32)
-    for lev in range(len(tex.img)):
-        w = np.where(lo == lev, 1 - frac, 0) + np.where(lo + 1 == lev, frac, 0)
-        sel = np.flatnonzero(w > 0)
+    for lev in range(min(int(lo.max()) + 2, len(tex.img))):  # only the levels in use
+        here, above = lo == lev, (lo == lev - 1) & (frac > 0)
+        sel = np.flatnonzero(here | above)
         if not len(sel):
             continue
+        w = np.where(here[sel], 1 - frac[sel], frac[sel])
         img = tex.img[lev]
         s = 0.5**lev  # level-0 texel centres -> this level's
         mx = _mirror((x[sel] + 0.5) * s - 0.5, img.shape[1]).astype(np.float32)
         my = _mirror((y[sel] + 0.5) * s - 0.5, img.shape[0]).astype(np.float32)
         got = cv2.remap(img, mx[:, None], my[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)  # (M', 1, 3)
-        out[sel] += w[sel, None] * got[:, 0]
+        out[sel] += w[:, None] * got[:, 0]
     return out.T
 
 
@@ -881,6 +882,13 @@ def _photo_object(rng: np.random.Generator, photos, scale: float, shape: str | N
     return _Object(kind, half, np.zeros(3), 0.0, None, rot=np.eye(3), parts=parts, cut=cut)
 
 
+def _rescale(obj: _Object, f: float) -> None:
+    """Scale an unplaced object's size by f (silhouettes are in units of its half extents)."""
+    obj.half = obj.half * f
+    if obj.parts is not None:
+        obj.parts = [(k, h * f, off * f) for k, h, off in obj.parts]
+
+
 def _dress(rng: np.random.Generator, photos, obj: _Object) -> None:
     """Give a placed object its texture (only objects that made it into the scene: photo crops cost time)."""
     if obj.kind == PLANE:  # the photo spans the cut-out exactly: its silhouette shows one crop
@@ -963,7 +971,8 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
         target = _photo_object(rng, photos, rng.uniform(0.5, 1.1))
         # Far enough that its bounds span at most ~2/3 of the half image, so it rarely leaves the frame.
         fit = 1.5 * _bound_radius(target) * cam.f / min(cam.cx, cam.cy)
-        depth_t = max(rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5))), fit)
+        room_for_occluder = 2.6 * _bound_radius(target) + 2 * margin + 0.8  # camera | occluder | target
+        depth_t = max(rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5))), fit, room_for_occluder)
         sx, sy = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.35)
         _pose(rng, target, cam, sx, sy, depth_t, floating=rng.random() < p_float)
         if _room_ok(target, [], cam, box, margin):
@@ -976,9 +985,14 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
     tx, ty = ((target.centre - cam.pos) @ cam.rot)[:2] / depth_t  # (xn, yn) of the target's centre
     for _ in range(20):
         occ = _photo_object(rng, photos, _bound_radius(target) * rng.uniform(0.4, 0.8))
-        depth_o = max(depth_t * rng.uniform(0.4, 0.7), _bound_radius(occ) + 0.6 + margin)
-        if depth_o + _bound_radius(occ) + margin > depth_t - _bound_radius(target):
+        r_max = (depth_t - _bound_radius(target) - 2 * margin - 0.6) / 2  # fits between camera and target
+        if _bound_radius(occ) > r_max > 0.05:
+            _rescale(occ, 0.95 * r_max / _bound_radius(occ))
+        lo = _bound_radius(occ) + 0.6 + margin  # clear of the camera ...
+        hi = depth_t - _bound_radius(target) - _bound_radius(occ) - margin  # ... and of the target
+        if hi < lo:
             continue
+        depth_o = float(np.clip(depth_t * rng.uniform(0.4, 0.7), lo, hi))
         # Offset the occluder on screen so that it covers part of the target.
         spread = _bound_radius(target) / depth_t + _bound_radius(occ) / depth_o
         ang = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi])
