@@ -120,6 +120,16 @@ class _Camera:
     f: float  # focal length in pixels (square pixels)
     cx: float
     cy: float
+    fy: float | None = None  # photo style: a vertical focal length of its own (pixels stretched as by a
+    # non-square crop squeezed onto the square grid); None: square pixels
+
+    @property
+    def f_y(self) -> float:
+        return self.f if self.fy is None else self.fy
+
+    @property
+    def f_mean(self) -> float:
+        return self.f if self.fy is None else float(np.sqrt(self.f * self.fy))
 
 
 @dataclass
@@ -172,7 +182,7 @@ def _camera_rot(yaw: float, pitch: float) -> np.ndarray:
 def _ray_dirs(cam: _Camera, h: int, w: int) -> np.ndarray:
     """World ray directions scaled so their camera-z is 1, hence hit distance t = z-depth."""
     xn = (np.arange(w) - cam.cx) / cam.f  # (W,)
-    yn = (np.arange(h) - cam.cy) / cam.f  # (H,)
+    yn = (np.arange(h) - cam.cy) / cam.f_y  # (H,)
     r = cam.rot
     right, down, fwd = (r[:, i, None, None] for i in range(3))  # (3, 1, 1) each
     return right * xn[None, None, :] + down * yn[None, :, None] + fwd  # (3, H, W)
@@ -293,7 +303,7 @@ def _screen_rect(obj: _Object, cam: _Camera, h: int, w: int) -> tuple[slice, sli
     if (xc[:, 2] < 0.05).any():
         return slice(0, h), slice(0, w)
     x = cam.f * xc[:, 0] / xc[:, 2] + cam.cx
-    y = cam.f * xc[:, 1] / xc[:, 2] + cam.cy
+    y = cam.f_y * xc[:, 1] / xc[:, 2] + cam.cy
     x0, x1 = max(int(np.floor(x.min())) - 1, 0), min(int(np.ceil(x.max())) + 2, w)
     y0, y1 = max(int(np.floor(y.min())) - 1, 0), min(int(np.ceil(y.max())) + 2, h)
     if x0 >= x1 or y0 >= y1:
@@ -510,7 +520,7 @@ def _shade(pw: np.ndarray, ids: np.ndarray, dist: np.ndarray, cam: _Camera, objs
         cos = np.abs(facing) / dist[sel]
         # Metres covered by one pixel here, for anti-aliasing: the geometric mean of the footprint
         # across (1) and along (1 / cos) the foreshortening, so rotating faces keep a steady contrast.
-        footprint = dist[sel] / (cam.f * np.sqrt(np.maximum(cos, 0.05)))
+        footprint = dist[sel] / (cam.f_mean * np.sqrt(np.maximum(cos, 0.05)))
         if tex.kind == "photo":
             albedo[:, sel] = _photo_albedo(tex, p, footprint)
         else:
@@ -922,7 +932,7 @@ def _pose(rng: np.random.Generator, obj: _Object, cam: _Camera, sx: float, sy: f
     """Put obj where the camera sees screen point (sx, sy) (in units of the half image, x right, y down) at
     z-depth `depth`: floating in the air with any orientation, or standing on the ground, turned about the
     vertical. Cut-outs face the camera within about 55 degrees, never edge-on."""
-    ray = cam.rot @ np.array([sx * cam.cx / cam.f, sy * cam.cy / cam.f, 1.0])  # camera-z 1
+    ray = cam.rot @ np.array([sx * cam.cx / cam.f, sy * cam.cy / cam.f_y, 1.0])  # camera-z 1
     c = cam.pos + depth * ray
     to_cam = cam.pos - c
     obj.floating = floating
@@ -970,7 +980,7 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
     for _ in range(20):
         target = _photo_object(rng, photos, rng.uniform(0.5, 1.1))
         # Far enough that its bounds span at most ~2/3 of the half image, so it rarely leaves the frame.
-        fit = 1.5 * _bound_radius(target) * cam.f / min(cam.cx, cam.cy)
+        fit = 1.5 * _bound_radius(target) * max(cam.f / cam.cx, cam.f_y / cam.cy)
         room_for_occluder = 2.6 * _bound_radius(target) + 2 * margin + 0.8  # camera | occluder | target
         depth_t = max(rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5))), fit, room_for_occluder)
         sx, sy = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.35)
@@ -998,7 +1008,7 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
         ang = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi])
         off = rng.uniform(0.25, 0.8) * spread
         ox, oy = tx + off * np.cos(ang), ty + off * np.sin(ang)
-        _pose(rng, occ, cam, ox * cam.f / cam.cx, oy * cam.f / cam.cy, depth_o,
+        _pose(rng, occ, cam, ox * cam.f / cam.cx, oy * cam.f_y / cam.cy, depth_o,
               floating=rng.random() < (0.8 if target.floating else p_float))
         if _room_ok(occ, objs, cam, box, margin):
             objs.append(occ)
@@ -1048,7 +1058,12 @@ def _photo_camera(rng: np.random.Generator, h: int, w: int, indoor: bool, ceil: 
     height = rng.uniform(0.4, ceil - 0.5) if indoor else float(np.exp(rng.uniform(np.log(0.3), np.log(3.5))))
     yaw = np.deg2rad(rng.uniform(-15, 15))
     pitch = np.deg2rad(rng.uniform(-10, 30) if height > 1.0 else rng.uniform(-12, 15))
-    return _Camera(np.array([0.0, height, 0.0]), _camera_rot(yaw, pitch), f, (w - 1) / 2, (h - 1) / 2), yaw, pitch
+    # Half the scenes as a non-square crop (aspect 0.65-1.5) squeezed onto this grid: pixels taller or wider
+    # than square, as `--fit stretch` shows a photo to the model. Exact: the rays follow the pixels.
+    fy = f * float(np.exp(rng.uniform(np.log(0.65), np.log(1.5)))) if rng.random() < 0.5 else None
+    if fy is not None:
+        fy = max(fy, (h / 2) / np.tan(np.deg2rad(50)))
+    return _Camera(np.array([0.0, height, 0.0]), _camera_rot(yaw, pitch), f, (w - 1) / 2, (h - 1) / 2, fy), yaw, pitch
 
 
 def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effects: bool) -> tuple[Scene, dict]:
@@ -1071,7 +1086,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
         d = _ray_dirs(cam, h, w)[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # (3, 4) corners
         if ((d[1] >= 0) & (d[2] <= 0.02)).any():
             yaw, pitch = 0.0, abs(pitch)
-            cam = _Camera(cam.pos, _camera_rot(yaw, pitch), cam.f, cam.cx, cam.cy)
+            cam = _Camera(cam.pos, _camera_rot(yaw, pitch), cam.f, cam.cx, cam.cy, cam.fy)
     half_fov_x = float(np.arctan((w / 2) / cam.f))
 
     elev, azim = np.deg2rad(rng.uniform(15, 80)), rng.uniform(-np.pi, np.pi)
@@ -1161,7 +1176,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     cam2 = _Camera(
         cam.pos + near * level * np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.08, 0.08), rng.uniform(-0.3, 0.3)]),
         _camera_rot(yaw + level * np.deg2rad(rng.uniform(-2, 2)), pitch + level * np.deg2rad(rng.uniform(-1.5, 1.5))),
-        cam.f, cam.cx, cam.cy,
+        cam.f, cam.cx, cam.cy, cam.fy,
     )
     objs2 = [o.moved() for o in objs]
 
@@ -1175,7 +1190,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     xc = cam2.rot.T @ (pw2 - cam2.pos[:, None])
     ys, xs = np.mgrid[0:h, 0:w]
     u = cam2.f * xc[0] / xc[2] + cam2.cx - xs.ravel()
-    v = cam2.f * xc[1] / xc[2] + cam2.cy - ys.ravel()
+    v = cam2.f_y * xc[1] / xc[2] + cam2.cy - ys.ravel()
     t_target = _hit_image(objs[0], cam, d).ravel()
     whole = np.isfinite(t_target)
     visible = ids1 == 0
