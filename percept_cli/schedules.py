@@ -1,4 +1,4 @@
-"""Named noise schedules -> diffusers DDIMScheduler, chosen at test time.
+"""Named noise schedules -> a DDIM sampler (percept_cli.ddim, equal to diffusers' DDIMScheduler), chosen at test time.
 
 A schedule is written `NAME[+SPACING][+zero-snr]`:
   NAME     default (the checkpoint's own), linear, scaled_linear, cosine
@@ -53,12 +53,8 @@ def parse_schedule(text: str | None) -> tuple[str, str | None, bool]:
 
 
 def make_scheduler(base: dict[str, Any], schedule: str | None = None):
-    """DDIMScheduler from the checkpoint's scheduler config, with a named schedule applied."""
-    import inspect
-
-    # the submodule, not `diffusers`' lazy top level; and the constructor, not from_config, which
-    # imports every "compatible" scheduler (scipy.stats among them: ~0.4 s of start-up)
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    """DDIM from the checkpoint's scheduler config (DDIMScheduler's keys), with a named schedule applied."""
+    from percept_cli.ddim import DDIM  # not diffusers': importing it costs more start-up than torch
 
     name, spacing, zero_snr = parse_schedule(schedule)
     config = {k: v for k, v in base.items() if not k.startswith("_")}
@@ -76,8 +72,7 @@ def make_scheduler(base: dict[str, Any], schedule: str | None = None):
                 f"{config.get('prediction_type', 'epsilon')}); drop +zero-snr"
             )
         config["rescale_betas_zero_snr"] = True
-    accepted = inspect.signature(DDIMScheduler.__init__).parameters
-    return DDIMScheduler(**{k: v for k, v in config.items() if k in accepted})  # other keys: unused, as from_config
+    return DDIM(**config)  # keys DDIM does not read are ignored, as diffusers' from_config does
 
 
 def check_scheduler_config(config: Any, where: str) -> dict[str, Any]:
@@ -102,7 +97,7 @@ def check_scheduler_config(config: Any, where: str) -> dict[str, Any]:
         scheduler.set_timesteps(min(2, int(scheduler.config.num_train_timesteps)))
     except PerceptError:
         raise
-    except Exception as exc:  # diffusers on a user's file: anything it raises means the file is bad
+    except Exception as exc:  # DDIM on a user's file: anything it raises means the file is bad
         raise ModelError(f"scheduler config '{where}' does not make a DDIM scheduler: {first_line(exc)}; {fix}") from None
     return config
 
