@@ -9,8 +9,8 @@ Sections, each measured side by side in one process (best of interleaved rounds,
 load from other processes hits every contender alike):
   forward   matmul peak (large square matmuls) and the DiT forward at batch >= 8 -> GFLOP/s, mfu
   pipeline  Predictor (members and flow's u, v in the batch; fp32 and bf16 autocast) against the
-            official procedure (fp32, one member at a time, u and v as separate passes), same
-            sampler pieces, with max abs differences of the outputs
+            official procedure (fp32, one member at a time, u and v as separate passes, plain PyTorch
+            kernels as the official code runs them), same sampler pieces, with max abs differences
   moe       MoE MLP (top-k of E) time over a dense MLP of k times the hidden width (equal FLOPs)
   startup   `python -m percept_cli --help` and `python -c "import torch"`, best of 3; and the time to
             first output of `percept depth examples/scene.png --model tiny --steps 1 --ensemble 1`
@@ -46,6 +46,7 @@ import torch
 from percept_cli import tasks as T
 from percept_cli.autoencoder import VAE, PixelSpace
 from percept_cli.dtypes import cpu_isa, resolve_dtype, torch_dtype
+from percept_cli.models import fastpath
 from percept_cli.models.dit import GENERALIST_CONFIG, PerceptDiT, dit_config, forward_flops
 from percept_cli.models.moe import MoE, Mlp
 from percept_cli.pipeline import Predictor, TaskInput, cast_matmul_weights, maybe_compile
@@ -70,6 +71,8 @@ PIPELINE_CONFIG = dict(tasks=["depth", "flow", "amodal"], flow_scale=[75.0, 100.
 class Timer:
     """Best wall time per named contender over interleaved rounds, and the share of the cores they got."""
 
+    cpu_clock = False  # --cpu-time: keep process CPU time instead of wall time (with --threads 1 on a busy machine)
+
     def __init__(self):
         self.best: dict[str, float] = {}
         self.cpu: list[float] = []
@@ -78,7 +81,7 @@ class Timer:
         wall, cpu = time.perf_counter(), time.process_time()
         fn()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self.best[name] = min(self.best.get(name, float("inf")), wall)
+        self.best[name] = min(self.best.get(name, float("inf")), cpu if self.cpu_clock else wall)
         self.cpu.append(cpu / (wall * torch.get_num_threads()))
 
     def cpu_share(self) -> float:
@@ -168,6 +171,9 @@ def bench_forward(cfg: dict[str, Any], quick: bool, materialize: bool, compile: 
         for n in sizes:
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             contenders[f"mm{n}_{dname}"] = (lambda a=a, b=b: a @ b, 2.0 * n**3)
+            if dname == "fp32" and fastpath.ONEDNN_LINEAR is not None:  # fp32 a @ b runs MKL; the model, oneDNN
+                contenders[f"mm{n}_fp32_onednn"] = (lambda a=a, b=b: fastpath.ONEDNN_LINEAR(a, b, None, "none", [], ""),
+                                                    2.0 * n**3)
     model = random_dit(cfg) if materialize else None
     if model is not None:
         # as the Predictor runs them: bf16 with its matmul weights stored in bf16
@@ -181,6 +187,11 @@ def bench_forward(cfg: dict[str, Any], quick: bool, materialize: bool, compile: 
                     with autocast(dtype):
                         return m(x, t, y)
                 contenders[f"fwd{batch}_{dname}"] = (fwd, flops * batch)
+            if batch == batches[0]:  # fp32 with plain PyTorch kernels (MKL, no fused GELU): what fastpath buys
+                def fwd_plain(x=x, t=t, y=y, m=models["fp32"]):
+                    with fastpath.plain():
+                        return m(x, t, y)
+                contenders[f"fwd{batch}_fp32_plain"] = (fwd_plain, flops * batch)
     compiled: dict[str, Any] = {}
     if model is not None and compile:
         x8 = torch.randn(8, cfg["in_channels"] + cfg["cond_channels"], side, side)
@@ -199,9 +210,13 @@ def bench_forward(cfg: dict[str, Any], quick: bool, materialize: bool, compile: 
             for name, (fn, _) in contenders.items():
                 timer.run(name, fn)
     rate = {name: contenders[name][1] / s / 1e9 for name, s in timer.best.items()}  # GFLOP/s
-    peak = {d: round(max(rate[f"mm{n}_{d}"] for n in sizes), 1) for d in DTYPES}
+    by_kernel = {k: round(max(rate[f"mm{n}_{k}"] for n in sizes), 1) for k in list(DTYPES) + ["fp32_onednn"]
+                 if f"mm{sizes[0]}_{k}" in rate}
+    # the best kernel torch offers per dtype is the peak (fp32: MKL's `a @ b` or oneDNN, which the model uses)
+    peak = {d: max(v for k, v in by_kernel.items() if k.split("_")[0] == d) for d in DTYPES}
     out: dict[str, Any] = dict(
         matmul_peak_gflops=peak,
+        matmul_peak_by_kernel=by_kernel,
         forward_gflop_per_sample=round(flops / 1e9, 3),
         tokens=(side // p) ** 2,
         cpu_share=timer.cpu_share(),
@@ -219,6 +234,11 @@ def bench_forward(cfg: dict[str, Any], quick: bool, materialize: bool, compile: 
         compiled.update(gflops=round(rate["fwd8_fp32_compiled"], 1), mfu=round(rate["fwd8_fp32_compiled"] / peak["fp32"], 3),
                         seconds=round(timer.best["fwd8_fp32_compiled"], 4))
         out["compiled_fp32_batch8"] = compiled
+    b0 = batches[0]
+    out[f"fp32_plain_kernels_batch{b0}"] = dict(
+        gflops=round(rate[f"fwd{b0}_fp32_plain"], 1), mfu=round(rate[f"fwd{b0}_fp32_plain"] / peak["fp32"], 3),
+        seconds=round(timer.best[f"fwd{b0}_fp32_plain"], 4),
+        fastpath_speedup=round(timer.best[f"fwd{b0}_fp32_plain"] / timer.best[f"fwd{b0}_fp32"], 2))
     best_b = {d: max(batches, key=lambda b: rate[f"fwd{b}_{d}"]) for d in DTYPES}
     out.update(
         forward_batch=best_b,
@@ -242,7 +262,13 @@ def tiny_vae() -> VAE:
 
 
 def official_reference(pred: Predictor, task: str, item: TaskInput, settings) -> Any:
-    """The official procedure with our sampler pieces: fp32, one member at a time, flow's u and v apart."""
+    """The official procedure with our sampler pieces: fp32, one member at a time, flow's u and v apart,
+    on plain PyTorch kernels as the official code runs (fastpath.plain: MKL matmuls, unfused GELU)."""
+    with fastpath.plain():
+        return _official_reference(pred, task, item, settings)
+
+
+def _official_reference(pred: Predictor, task: str, item: TaskInput, settings) -> Any:
     spec = T.get_task(task)
     res, ae = settings.resolution, pred.autoencoder
     cond = pred._encode(task, item, (res, res))  # (1, 2C, h, w)
@@ -459,6 +485,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="build a large config for real when there is memory for it (3x its fp32 size free)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the torch.compile'd fp32 forward at batch 8 (compiling takes about a minute)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time by process CPU time, not wall time: with --threads 1, figures that hold on a busy machine")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -481,6 +510,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Timer.cpu_clock = args.cpu_time
     cfg = load_config(args.config)
     with torch.device("meta"):
         meta = PerceptDiT(**cfg)
@@ -494,6 +526,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         machine=dict(cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
                      python=platform.python_version(), isa=cpu_isa()),
         auto_dtype=AUTO,
+        clock="process CPU time" if args.cpu_time else "wall time",
         config=args.config, params_millions=round(params / 1e6, 1), fp32_gb=round(params * 4 / 2**30, 2),
         materialized=materialize,
     )
@@ -551,13 +584,17 @@ def print_summary(r: dict[str, Any]) -> None:
     print(f"config {r['config']}: {r['params_millions']} M params ({r['fp32_gb']} GB fp32)")
     if "forward" in r:
         f = r["forward"]
-        print(f"matmul peak GFLOP/s        {f['matmul_peak_gflops']}")
+        print(f"matmul peak GFLOP/s        {f['matmul_peak_gflops']}  (by kernel {f.get('matmul_peak_by_kernel')})")
         print(f"forward GFLOP per sample   {f['forward_gflop_per_sample']} ({f['tokens']} tokens)")
         if "mfu" in f:
             for d in DTYPES:
                 print(f"forward {d}  batch {f['forward_batch'][d]:>3}   {f['forward_gflops'][d]:7.1f} GFLOP/s   mfu {f['mfu'][d]:.2f}")
         else:
             print(f"  {f['note']}; ideal s/step at batch 8: {f['ideal_seconds_per_step_batch8']}")
+        for key, v in f.items():
+            if key.startswith("fp32_plain_kernels"):
+                print(f"forward fp32 plain kernels {v['gflops']:7.1f} GFLOP/s   mfu {v['mfu']:.2f}"
+                      f"   (fastpath: {v['fastpath_speedup']}x faster)")
         if "compiled_fp32_batch8" in f:
             c = f["compiled_fp32_batch8"]
             print(f"forward fp32  batch   8 torch.compile  {c['gflops']:7.1f} GFLOP/s   mfu {c['mfu']:.2f}"

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from percept_cli.autoencoder import PixelSpace
 from percept_cli.pipeline import Predictor, TaskInput, cast_matmul_weights, maybe_compile
@@ -141,3 +142,29 @@ def test_bf16_weights_stored_once_give_bitwise_the_autocast_result(experts, moti
     out, want = (p.predict("depth", [TaskInput(img)], p.settings("depth", steps=2, ensemble=2, seed=0))[0].depth
                  for p in (pred, ref))
     assert out.shape == (32, 32) and np.array_equal(out, want)
+
+
+def test_fp32_onednn_route_is_plain_pytorch_within_float_rounding():
+    """fastpath.Linear / linear_gelu (oneDNN, fused tanh GELU) against plain PyTorch (MKL, ATen GELU) in fp32."""
+    from percept_cli.models import fastpath
+
+    if fastpath.ONEDNN_LINEAR is None:
+        pytest.skip("no oneDNN in this torch build (or PERCEPT_ONEDNN=0): the plain route is the only one")
+    torch.manual_seed(0)
+    model = tiny_dit(num_experts=4, motion_channels=4)
+    x = torch.randn(4, 9, 32, 32)
+    t, y = torch.tensor([999, 700, 300, 1]), torch.tensor([1000, 1001, 1002, 1003])
+    with torch.no_grad():
+        fast = model(x, t, y)
+        with fastpath.plain():
+            plain = model(x, t, y)
+    assert not torch.equal(fast, plain)  # the route was taken
+    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    mlp = model.blocks[0].moe.experts[0]
+    h = torch.randn(300, 128)
+    with torch.no_grad():
+        want = F.gelu(F.linear(h, mlp.fc1.weight, mlp.fc1.bias), approximate="tanh")
+        torch.testing.assert_close(fastpath.linear_gelu(mlp.fc1, h), want, atol=1e-5, rtol=1e-5)
+    # training (autograd on) and autocast take the plain route: bitwise PyTorch
+    out = model(x, t, y)
+    assert out.requires_grad and torch.equal(out.detach(), plain)

@@ -17,7 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from percept_cli.models.correlation import MotionEncoder
-from percept_cli.models.fastpath import attention
+from percept_cli.models.fastpath import Linear, attention
 from percept_cli.models.moe import MoE, Mlp
 
 
@@ -42,7 +42,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.mlp = nn.Sequential(Linear(freq_dim, hidden), nn.SiLU(), Linear(hidden, hidden))
 
     @staticmethod
     def frequency_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -108,8 +108,8 @@ class Attention(nn.Module):
         super().__init__()
         assert dim % num_heads == 0, f"hidden size {dim} must be divisible by num_heads {num_heads}"
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
@@ -132,7 +132,7 @@ class DiTBlock(nn.Module):
             self.moe = MoE(dim, hidden, num_experts, top_k, norm_topk_prob)
         else:
             self.mlp = Mlp(dim, hidden)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
@@ -150,8 +150,8 @@ class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch: int, out_ch: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch * patch * out_ch)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = Linear(dim, patch * patch * out_ch)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from percept_cli.models.fastpath import gelu
+from percept_cli.models.fastpath import Linear, linear_gelu
 
 
 class Mlp(nn.Module):
@@ -19,11 +19,11 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(gelu(self.fc1(x)))  # tanh GELU (fastpath.gelu: erf for 16-bit on a CPU)
+        return self.fc2(linear_gelu(self.fc1, x))  # fc2(gelu(fc1(x))), tanh GELU; fastpath fuses where it can
 
 
 class MoE(nn.Module):
@@ -34,7 +34,7 @@ class MoE(nn.Module):
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in 1..{num_experts}, got {top_k}")
         self.num_experts, self.top_k, self.norm_topk_prob = num_experts, top_k, norm_topk_prob
-        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.gate = Linear(dim, num_experts, bias=False)
         self.experts = nn.ModuleList(Mlp(dim, hidden) for _ in range(num_experts))
 
     # Under torch.compile the per-expert token counts are data: tracing would specialise on them and
