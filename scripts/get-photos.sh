@@ -16,10 +16,13 @@ PYTHON=${PYTHON:-python3}
 MAXSIDE=${MAXSIDE:-512}
 # Wallpaper packages (photographs of landscapes, plants, cities...), GIMP's photographic tile patterns
 # (wood, stone, fabric, food: .pat files, decoded here), OpenCV's sample photos (examples/data) and Tux
-# Paint's photographic stamps (animals, fruit, plants: the opaque middle of each cut-out photo).
+# Paint's photographic stamps (animals, fruit, plants: the opaque middle of each cut-out photo), the example
+# photos of the GIMP and Fotoxx manuals (many are filter demonstrations on a few dozen source photos) and
+# xplanet's satellite maps of the Earth.
 PACKAGES=${PACKAGES:-"gnome-backgrounds plasma-workspace-wallpapers mate-backgrounds ukui-wallpapers
 lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds debian-edu-artwork
-gimp-data gimp-data-extras opencv-doc tuxpaint-stamps-default"}
+gimp-data gimp-data-extras opencv-doc tuxpaint-stamps-default lxqt-themes fotoxx-common gimp-help-en
+xplanet-images gimp-help-common"}  # gimp-help-common: the copyright file of gimp-help-en
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -53,6 +56,9 @@ SKIP = re.compile(r"(icons?|themes?|/ui/|/html/|screenshot|logo|thumbnail|splash
                   r"|calib|/dnn/|digits|letter|text|gradient|mask|/aloe|/pic\d)", re.I)
 ONLY = {"opencv-doc": re.compile(r"examples/data/"), "gimp-data": re.compile(r"\.pat$"),
         "gimp-data-extras": re.compile(r"\.pat$"),
+        "gimp-help-en": re.compile(r"images/(filters/examples|tutorials)/"),
+        "fotoxx-common": re.compile(r"/(images|patterns)/"), "lxqt-themes": re.compile(r"/wallpapers/"),
+        "xplanet-images": re.compile(r"/(earth|night)\.jpg$"),
         "tuxpaint-stamps-default": re.compile(r"^(?!.*(cartoon|alphabet|symbols|/town/|seasonal|space|sports)).*\.png$")}
 
 
@@ -92,14 +98,22 @@ def photographic(img: np.ndarray) -> bool:
     grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
     textured = (lap > 2.0).mean()  # fraction of pixels with local detail
+    packed = img.reshape(-1, 3).astype(np.int32) @ np.array([1, 256, 65536])
+    mode = np.bincount(np.unique(packed, return_inverse=True)[1]).max() / len(packed)  # screenshots: one UI grey
     colours = len(np.unique((img // 8).reshape(-1, 3), axis=0))  # distinct 15-bit colours
-    return textured > 0.3 and colours > 0.01 * grey.size + 150
+    return textured > 0.3 and mode < 0.08 and colours > 0.01 * grey.size + 150
+
+
+def ahash(img: np.ndarray) -> np.ndarray:
+    """256-bit average hash: the same photo again (resized, recompressed, lightly filtered) hashes alike."""
+    g = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return (g > g.mean()).ravel()
 
 
 lines = ["# Photographs for the scene generator's textures and backgrounds", "",
          "Obtained by `scripts/get-photos.sh` from Debian packages (`apt-get download`), downsized to",
          f"{maxside} px on the longest side. Licences as stated in each package's copyright file.", ""]
-total, seen, summary = 0, set(), []
+total, seen, summary = 0, [], []
 for pkg_dir in sorted((work / "x").iterdir()):
     pkg = pkg_dir.name
     found = list((debs / pkg).glob("*.deb"))
@@ -119,7 +133,7 @@ for pkg_dir in sorted((work / "x").iterdir()):
     taken = []
     for _, p in sorted(best.values(), key=lambda v: str(v[1])):
         img = read_pat(p) if p.suffix.lower() == ".pat" else cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        small_ok = 200
+        small_ok = 128
         if img is not None and img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
         if img is not None and img.dtype != np.uint8:
@@ -134,10 +148,10 @@ for pkg_dir in sorted((work / "x").iterdir()):
         s = maxside / max(img.shape[:2])
         if s < 1:
             img = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        key = cv2.resize(img, (8, 8), interpolation=cv2.INTER_AREA).tobytes()
-        if key in seen:  # the same picture again
+        h = ahash(img)
+        if any(int((h != k).sum()) <= 12 for k in seen):  # the same picture again
             continue
-        seen.add(key)
+        seen.append(h)
         rel = p.relative_to(pkg_dir)
         name = f"{pkg}--{re.sub(r'[^A-Za-z0-9._-]+', '_', str(rel.with_suffix('')))}"
         if p.suffix.lower() in (".png", ".pat") and max(img.shape[:2]) <= 256:
@@ -151,7 +165,12 @@ for pkg_dir in sorted((work / "x").iterdir()):
         continue
     total += len(taken)
     licence = []
-    for cr in sorted(pkg_dir.glob("usr/share/doc/*/copyright")):
+    copyrights = sorted(pkg_dir.glob("usr/share/doc/*/copyright"))
+    for doc in pkg_dir.glob("usr/share/doc/*"):  # a doc folder that links to another package's
+        if doc.is_symlink() and not copyrights:
+            copyrights = sorted((work / "x").glob(f"*/usr/share/doc/{Path(str(doc.readlink())).name}/copyright"))
+            licence.append(f"(copyright file of {Path(str(doc.readlink())).name}, which {pkg} links to)")
+    for cr in copyrights:
         for line in cr.read_text(errors="replace").splitlines():
             if re.match(r"\s*(License|Licence)\s*:", line) or re.search(
                     r"\b(GPL|LGPL|CC-BY|CC BY|Creative Commons|CC0|public domain|BSD|Apache|MIT)\b", line, re.I):
