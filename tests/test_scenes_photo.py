@@ -150,6 +150,8 @@ def test_textures_come_from_the_bank(bank):
     ys, xs = np.mgrid[0:h, 0:w]
     uv = np.stack([(xs.ravel() - tex.offset[0]) / tex.scale, -(ys.ravel() - tex.offset[1]) / tex.scale])
     np.testing.assert_allclose(_photo_albedo(tex, uv, np.zeros(h * w)).T, crop.reshape(-1, 3), atol=1e-5)
+    many = np.random.default_rng(0).uniform(-3, 3, (2, 40000))  # more points than cv2.remap takes rows
+    assert _photo_albedo(tex, many, np.full(40000, 0.01)).shape == (3, 40000)
     hx = aux["objs"][k].half[0]  # ... and the crop spans the cut-out's width
     np.testing.assert_allclose(tex.offset[0] + tex.scale * np.array([-hx, hx]), [-0.5, w - 0.5])
     # ...and the rendered pixels show it, up to shading: their hue is the hue of one of the bank's photos.

@@ -458,6 +458,17 @@ def _mirror(x: np.ndarray, n: int) -> np.ndarray:
     return np.where(x > n, 2 * n - x, x) - 0.5
 
 
+def _remap_points(img: np.ndarray, mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+    """Bilinear samples (M, 3) of img at points (mx, my), in 2-D blocks (cv2.remap takes under 32767 rows)."""
+    m, cols = len(mx), 512
+    rows = -(-m // cols)
+    maps = np.zeros((2, rows * cols), np.float32)
+    maps[0, :m], maps[1, :m] = mx, my
+    got = cv2.remap(img, maps[0].reshape(rows, cols), maps[1].reshape(rows, cols), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REFLECT)  # (rows, cols, 3)
+    return got.reshape(-1, 3)[:m]
+
+
 def _photo_albedo(tex: _Texture, uv: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Albedo (3, M) of a photo texture at coordinates uv (2, M) metres, trilinear over its mip levels by the
     pixel footprint (metres), so that minified photos do not alias."""
@@ -477,8 +488,7 @@ def _photo_albedo(tex: _Texture, uv: np.ndarray, footprint: np.ndarray) -> np.nd
         s = 0.5**lev  # level-0 texel centres -> this level's
         mx = _mirror((x[sel] + 0.5) * s - 0.5, img.shape[1]).astype(np.float32)
         my = _mirror((y[sel] + 0.5) * s - 0.5, img.shape[0]).astype(np.float32)
-        got = cv2.remap(img, mx[:, None], my[:, None], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)  # (M', 1, 3)
-        out[sel] += w[:, None] * got[:, 0]
+        out[sel] += w[:, None] * _remap_points(img, mx, my)
     return out.T
 
 
