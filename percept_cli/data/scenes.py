@@ -989,12 +989,22 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
     objs: list[_Object] = []
     for _ in range(20):
         target = _photo_object(rng, photos, rng.uniform(0.5, 1.1))
-        # Far enough that its bounds span at most ~2/3 of the half image, so it rarely leaves the frame.
-        fit = 1.5 * _bound_radius(target) * max(cam.f / cam.cx, cam.f_y / cam.cy)
-        room_for_occluder = 2.6 * _bound_radius(target) + 2 * margin + 0.8  # camera | occluder | target
-        depth_t = max(rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5))), fit, room_for_occluder)
+        floating = rng.random() < p_float
         sx, sy = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.35)
-        _pose(rng, target, cam, sx, sy, depth_t, floating=rng.random() < p_float)
+        depth_t = rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5)))
+        ray = cam.rot @ np.array([sx * cam.cx / cam.f, sy * cam.cy / cam.f_y, 1.0])
+        if ray[1] < 0:  # the line of sight meets the ground: stop above it (objects stand on it or float)
+            depth_t = min(depth_t, (cam.pos[1] - 0.5 * _bound_radius(target)) / -ray[1])
+        # Far enough that its bounds span at most ~2/3 of the half image (it rarely leaves the frame) and that
+        # an occluder fits in front; a target too large for that at this depth is made smaller.
+        per_metre = 1.5 * max(cam.f / cam.cx, cam.f_y / cam.cy)
+        r_fit = max(min(depth_t / per_metre, (depth_t - 2 * margin - 0.8) / 2.6), 0.15)
+        depth_t = max(depth_t, per_metre * r_fit, 2.6 * r_fit + 2 * margin + 0.8)
+        if _bound_radius(target) > r_fit:
+            _rescale(target, r_fit / _bound_radius(target))
+        # Where the line of sight passes high above the ground (a camera looking up), the target floats.
+        floating = floating or cam.pos[1] + depth_t * ray[1] > 2.5 * target.half[1] + 0.3
+        _pose(rng, target, cam, sx, sy, depth_t, floating=floating)
         if _room_ok(target, [], cam, box, margin):
             objs = [target]
             break
@@ -1018,8 +1028,9 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
         ang = rng.uniform(0, 2 * np.pi) if rng.random() < 0.5 else rng.choice([0.0, np.pi])
         off = rng.uniform(0.25, 0.8) * spread
         ox, oy = tx + off * np.cos(ang), ty + off * np.sin(ang)
+        high = cam.pos[1] + depth_o * (cam.rot @ np.array([ox, oy, 1.0]))[1] > 2.5 * occ.half[1] + 0.3
         _pose(rng, occ, cam, ox * cam.f / cam.cx, oy * cam.f_y / cam.cy, depth_o,
-              floating=rng.random() < (0.8 if target.floating else p_float))
+              floating=high or rng.random() < (0.8 if target.floating else p_float))
         if _room_ok(occ, objs, cam, box, margin):
             objs.append(occ)
             break
@@ -1067,12 +1078,15 @@ def _photo_camera(rng: np.random.Generator, h: int, w: int, indoor: bool, ceil: 
     f = max((w / 2) / np.tan(half_fov), (h / 2) / np.tan(np.deg2rad(50)))
     height = rng.uniform(0.4, ceil - 0.5) if indoor else float(np.exp(rng.uniform(np.log(0.3), np.log(3.5))))
     yaw = np.deg2rad(rng.uniform(-15, 15))
-    pitch = np.deg2rad(rng.uniform(-10, 30) if height > 1.0 else rng.uniform(-12, 15))
     # Half the scenes as a non-square crop (aspect 0.65-1.5) squeezed onto this grid: pixels taller or wider
     # than square, as `--fit stretch` shows a photo to the model. Exact: the rays follow the pixels.
     fy = f * float(np.exp(rng.uniform(np.log(0.65), np.log(1.5)))) if rng.random() < 0.5 else None
     if fy is not None:
         fy = max(fy, (h / 2) / np.tan(np.deg2rad(50)))
+    pitch = np.deg2rad(rng.uniform(-10, 30) if height > 1.0 else rng.uniform(-12, 15))
+    # Keep the horizon near the view (a low camera staring at the ground a metre away sees no scene).
+    half_fov_y = np.arctan((h / 2) / (f if fy is None else fy))
+    pitch = min(pitch, half_fov_y + np.deg2rad(20 if height > 1.0 else 4))
     return _Camera(np.array([0.0, height, 0.0]), _camera_rot(yaw, pitch), f, (w - 1) / 2, (h - 1) / 2, fy), yaw, pitch
 
 
@@ -1154,6 +1168,8 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
         if err == 0.0:
             break
     objs, t_idx, idx, nearer = best
+    if len(idx) and nearer.all():  # never a wholly hidden target: keep it alone
+        objs, nearer = objs[:1], np.zeros(len(idx), bool)
     z_room = box[4] - cam.pos[2]
     for _ in range(10 * n_obj):
         if len(objs) >= n_obj:
