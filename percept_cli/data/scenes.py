@@ -1,10 +1,18 @@
-"""Procedural 3-D scenes with exact depth, forward flow and amodal ground truth (pure numpy).
+"""Procedural 3-D scenes with exact depth, forward flow and amodal ground truth (numpy; cv2 for photos).
 
-A scene is a ground plane and a back wall with 3-7 textured primitives (spheres, yaw-rotated
-boxes, vertical cylinders) standing on the ground, seen by a pinhole camera. Every pixel is
+The classic style (the default): a ground plane and a back wall with 3-7 textured primitives (spheres,
+yaw-rotated boxes, vertical cylinders) standing on the ground, seen by a pinhole camera. Every pixel is
 ray-cast analytically (nearest hit wins), shaded by a directional light plus ambient with cast
 shadows, and hazed with distance. Frame 2 moves the camera and each object rigidly (translation
 plus yaw); flow comes from moving each frame-1 hit point with its surface and re-projecting it.
+
+The photo style (`render_scene(seed, size, photos=PhotoBank(...))`, or style="photo"): domain
+randomisation for transfer to real images, with the same exact ground truth. Rooms (floor, four walls,
+ceiling) or outdoor ground before a far photo backdrop; photo textures mapped by each surface's own
+(u, v) (mip-mapped, so they move exactly with it); spheres, boxes, cylinders, thin poles and planks,
+non-convex unions (L-shapes, tables, arches, snowmen) and flat photo cut-outs (rectangle, ellipse,
+star polygon) standing or floating in any orientation; random field of view (30-90 degrees), height,
+pitch and pixel aspect; random light; blur, noise, JPEG and colour jitter on the RGB only.
 
 World frame: x right, y up, z forward (away from the camera). Camera frame: x right, y down,
 z forward; pixel centres sit at integer coordinates (x = column, y = row), as in cv2.remap.
@@ -853,7 +861,6 @@ def _photo_object(rng: np.random.Generator, photos, scale: float, shape: str | N
     still unset): primitives, thin poles and planks, non-convex unions (L-shapes, tables, arches, snowmen)
     and flat cut-outs (rectangle, ellipse or star-shaped polygon) showing a photo."""
     shape = shape or str(rng.choice(_SHAPES, p=_SHAPE_P))
-    tex = None
     parts, cut = None, None
     if shape == "sphere":
         kind, half = SPHERE, np.full(3, scale)
