@@ -171,7 +171,7 @@ def test_variety(bank):
     indoor, fovs, kinds, thin, floating, stretched = set(), [], set(), 0, 0, 0
     for seed in range(24):
         _, aux = _render_scene(seed, 32, photos=bank)
-        indoor.add(aux["indoor"])
+        indoor.add("flying" if aux["flying"] else aux["indoor"])
         cam = aux["cam"]
         fovs.append(np.degrees(2 * np.arctan((cam.cx + 0.5) / cam.f)))
         stretched += cam.fy is not None and abs(np.log(cam.fy / cam.f)) > 0.05  # a non-square crop on the grid
@@ -179,7 +179,7 @@ def test_variety(bank):
             kinds.add(o.kind)
             thin += min(o.half[o.half > 0]) < 0.08 if o.kind != COMPOUND else 0
             floating += o.floating
-    assert indoor == {True, False}
+    assert indoor == {True, False, "flying"}  # rooms, outdoors, objects flying before a photo wall
     assert min(fovs) < 45 and max(fovs) > 70
     assert kinds == {0, 1, 2, PLANE, COMPOUND} and thin >= 2 and floating >= 5
     assert 3 <= stretched <= 21

@@ -945,7 +945,7 @@ def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
 
 
 def _pose(rng: np.random.Generator, obj: _Object, cam: _Camera, sx: float, sy: float, depth: float,
-          floating: bool) -> None:
+          floating: bool, ground: bool = True) -> None:
     """Put obj where the camera sees screen point (sx, sy) (in units of the half image, x right, y down) at
     z-depth `depth`: floating in the air with any orientation, or standing on the ground, turned about the
     vertical. Cut-outs face the camera within about 55 degrees, never edge-on."""
@@ -954,7 +954,8 @@ def _pose(rng: np.random.Generator, obj: _Object, cam: _Camera, sx: float, sy: f
     to_cam = cam.pos - c
     obj.floating = floating
     if floating:
-        c[1] = max(c[1], _bound_radius(obj) + 0.05)
+        if ground:
+            c[1] = max(c[1], _bound_radius(obj) + 0.05)
         if obj.kind == PLANE:  # local z (the normal) towards the camera, tilted, rolled in its plane
             z = to_cam / np.linalg.norm(to_cam)
             x = np.cross([0.0, 1.0, 0.0], z)
@@ -990,7 +991,7 @@ def _room_ok(obj: _Object, others: list[_Object], cam: _Camera, box: tuple, marg
 
 
 def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, margin: float,
-                p_float: float) -> list[_Object]:
+                p_float: float, ground: bool = True) -> list[_Object]:
     """Target first (any shape, cut-outs included), then an occluder between it and the camera."""
     z_room = box[4] - cam.pos[2]
     objs: list[_Object] = []
@@ -1000,7 +1001,7 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
         sx, sy = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.35)
         depth_t = rng.uniform(1.8, max(2.2, min(5.5, z_room - 1.5)))
         ray = cam.rot @ np.array([sx * cam.cx / cam.f, sy * cam.cy / cam.f_y, 1.0])
-        if ray[1] < 0:  # the line of sight meets the ground: stop above it (objects stand on it or float)
+        if ground and ray[1] < 0:  # the line of sight meets the ground: stop above it (objects stand on it or float)
             depth_t = min(depth_t, (cam.pos[1] - 0.5 * _bound_radius(target)) / -ray[1])
         # Far enough that its bounds span at most ~2/3 of the half image (it rarely leaves the frame) and that
         # an occluder fits in front; a target too large for that at this depth is made smaller.
@@ -1011,7 +1012,7 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
             _rescale(target, r_fit / _bound_radius(target))
         # Where the line of sight passes high above the ground (a camera looking up), the target floats.
         floating = floating or cam.pos[1] + depth_t * ray[1] > 2.5 * target.half[1] + 0.3
-        _pose(rng, target, cam, sx, sy, depth_t, floating=floating)
+        _pose(rng, target, cam, sx, sy, depth_t, floating=floating, ground=ground)
         if _room_ok(target, [], cam, box, margin):
             objs = [target]
             break
@@ -1037,7 +1038,7 @@ def _photo_pair(rng: np.random.Generator, photos, cam: _Camera, box: tuple, marg
         ox, oy = tx + off * np.cos(ang), ty + off * np.sin(ang)
         high = cam.pos[1] + depth_o * (cam.rot @ np.array([ox, oy, 1.0]))[1] > 2.5 * occ.half[1] + 0.3
         _pose(rng, occ, cam, ox * cam.f / cam.cx, oy * cam.f_y / cam.cy, depth_o,
-              floating=high or rng.random() < (0.8 if target.floating else p_float))
+              floating=high or rng.random() < (0.8 if target.floating else p_float), ground=ground)
         if _room_ok(occ, objs, cam, box, margin):
             objs.append(occ)
             break
@@ -1098,22 +1099,29 @@ def _photo_camera(rng: np.random.Generator, h: int, w: int, indoor: bool, ceil: 
 
 
 def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effects: bool) -> tuple[Scene, dict]:
-    """The photo style: an indoor room (floor, four walls, ceiling) or an outdoor ground plane before a far
-    photo backdrop (the sky; its depth is its own plane's), objects of many shapes with photo or procedural
-    textures, floating or standing, a random camera and light, then camera effects on the RGB."""
+    """The photo style: an indoor room (floor, four walls, ceiling), an outdoor ground plane before a far
+    photo backdrop (the sky; its depth is its own plane's), or objects flying before a nearer photo wall with
+    larger motions (as in FlyingChairs); objects of many shapes with photo or procedural textures, floating
+    or standing, a random camera and light, then camera effects on the RGB."""
     if cv2 is None:  # pragma: no cover
         raise UsageError("the photo scene style needs OpenCV (pip install opencv-python-headless)")
     rng = np.random.default_rng([seed, 15])  # its own stream: the classic scene of this seed is another
 
-    # 1. World: a room or the outdoors; the camera inside it.
-    indoor = rng.random() < 0.45
-    if indoor:
+    # 1. World: a room, the outdoors, or (FlyingChairs-like) objects flying before a photo wall; the camera.
+    world_kind = rng.random()
+    indoor, flying = world_kind < 0.4, 0.4 <= world_kind < 0.55
+    if flying:
+        xl, xr, ceil, wall_z, front = -np.inf, np.inf, np.inf, rng.uniform(6.0, 15.0), -np.inf
+    elif indoor:
         xl, xr, ceil = -rng.uniform(1.8, 5.0), rng.uniform(1.8, 5.0), rng.uniform(2.4, 4.0)
         wall_z, front = rng.uniform(6.0, 14.0), -rng.uniform(1.0, 3.0)
     else:
         xl, xr, ceil, wall_z, front = -np.inf, np.inf, np.inf, rng.uniform(25.0, 70.0), -np.inf
     cam, yaw, pitch = _photo_camera(rng, h, w, indoor, ceil if indoor else 10.0)
-    if not indoor:  # every ray must meet the ground or the backdrop: no ray may point up and backwards
+    if flying:  # nearly facing the wall: every ray meets it
+        yaw, pitch = np.deg2rad(rng.uniform(-10, 10)), np.deg2rad(rng.uniform(-10, 10))
+        cam = _Camera(cam.pos, _camera_rot(yaw, pitch), cam.f, cam.cx, cam.cy, cam.fy)
+    elif not indoor:  # every ray must meet the ground or the backdrop: no ray may point up and backwards
         d = _ray_dirs(cam, h, w)[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # (3, 4) corners
         if ((d[1] >= 0) & (d[2] <= 0.02)).any():
             yaw, pitch = 0.0, abs(pitch)
@@ -1124,23 +1132,24 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     light = np.array([np.sin(azim) * np.cos(elev), np.sin(elev), -np.cos(azim) * np.cos(elev)])
     tint = rng.uniform(-0.15, 0.15, 3) * (rng.random() < 0.7)
     floor_tex = _any_texture(rng, photos, 0.75, rng.uniform(2.0, 10.0), (0.5, 2.5), plane_axes=(0, 2))
-    planes = [_Plane(1, 0.0, 1.0, floor_tex)]
+    planes = [] if flying else [_Plane(1, 0.0, 1.0, floor_tex)]
     if indoor:
         for axis, value, sign, axes in [(2, wall_z, -1.0, (0, 1)), (0, xl, 1.0, (1, 2)), (0, xr, -1.0, (1, 2)),
                                         (1, ceil, -1.0, (0, 2)), (2, front, 1.0, (0, 1))]:
             planes.append(_Plane(axis, value, sign, _any_texture(rng, photos, 0.7, rng.uniform(1.5, 6.0),
                                                                  (0.4, 2.5), plane_axes=axes)))
     elif photos is not None and rng.random() < 0.85:
-        # A photo backdrop spanning the view (a little wider), centred where the camera looks.
+        # A photo backdrop spanning the view (a little wider), centred where the camera looks; lit by the
+        # scene's light or its own (a sky), and nearer when objects fly before it.
         span = 2.6 * (wall_z - cam.pos[2]) * np.tan(half_fov_x)
         tex = _photo_texture(rng, photos, span, aspect=w / h, px=(max(64, w), max(65, 2 * w)), zoom=(0.6, 1.0))
         look = cam.rot[:, 2] * (wall_z - cam.pos[2]) / cam.rot[2, 2] + cam.pos
         tex.offset = tex.offset + np.array([-tex.scale * look[0], tex.scale * look[1]])
-        planes.append(_Plane(2, wall_z, -1.0, tex, emissive=rng.uniform(0.8, 1.1)))
+        planes.append(_Plane(2, wall_z, -1.0, tex, emissive=rng.uniform(0.8, 1.1) if not flying or rng.random() < 0.5 else 0.0))
     else:
         planes.append(_Plane(2, wall_z, -1.0, _texture(rng, (2.0, 10.0), plane_axes=(0, 1))))
     world = _World(
-        ground=floor_tex, wall=planes[1].tex, wall_z=wall_z, light=light,
+        ground=floor_tex, wall=planes[-1].tex if flying else planes[1].tex, wall_z=wall_z, light=light,
         light_rgb=rng.uniform(0.75, 1.25) * (1.0 + tint), ambient=rng.uniform(0.15, 0.6),
         haze_rgb=rng.uniform(0.55, 0.95) + rng.uniform(-0.08, 0.08, 3),
         haze=rng.uniform(0.0, 0.04) if not indoor else rng.uniform(0.0, 0.015), planes=planes,
@@ -1148,8 +1157,8 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
 
     # 2. Motion budget and objects: target, occluder, distractors, partly hidden target.
     level = rng.uniform(0.25, 1.0)
-    move = 0.35 * level
-    n_obj = int(rng.integers(3, 9))
+    move = (0.6 if flying else 0.35) * level
+    n_obj = int(rng.integers(3, 9)) + 2 * flying
     box = (xl, xr, ceil, front, wall_z if indoor else min(wall_z, 20.0))
     d = _ray_dirs(cam, h, w)  # (3, H, W)
     d_flat = d.reshape(3, -1)
@@ -1157,10 +1166,10 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     border[[0, -1], :] = border[:, [0, -1]] = True
     # The target and its occluder first, until the target is partly hidden (visible fraction 0.25-0.85),
     # large enough and off the border; then distractors that keep at least a quarter of it visible.
-    margin, p_float = 2 * move + 0.05, rng.uniform(0.2, 0.6)
+    margin, p_float = 2 * move + 0.05, 1.0 if flying else rng.uniform(0.2, 0.6)
     best, best_err = None, np.inf
     for _ in range(80):
-        objs = _photo_pair(rng, photos, cam, box, margin, p_float)
+        objs = _photo_pair(rng, photos, cam, box, margin, p_float, ground=not flying)
         t_target = _hit_image(objs[0], cam, d)
         whole = np.isfinite(t_target)
         idx = np.flatnonzero(whole)
@@ -1183,7 +1192,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
             break
         obj = _photo_object(rng, photos, rng.uniform(0.2, 0.8))
         _pose(rng, obj, cam, rng.uniform(-1.1, 1.1), rng.uniform(-0.8, 1.0), rng.uniform(1.5, z_room - 0.8),
-              floating=rng.random() < p_float)
+              floating=rng.random() < p_float, ground=not flying)
         if _room_ok(obj, objs, cam, box, margin):
             hides = nearer | (_hit_object(obj, cam.pos, d_flat[:, idx]) < t_idx)
             if len(idx) and hides.mean() > 0.75:
@@ -1205,10 +1214,11 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
                 o.d_rot = _rot_y(rng.uniform(-1, 1) * np.deg2rad(8) * level)
         else:
             o.d_rot = np.eye(3)
-    near = min(1.0, cam.pos[1] / 1.5)  # a camera near the ground moves less: the ground is close
+    near = 1.0 if flying else min(1.0, cam.pos[1] / 1.5)  # a camera near the ground moves less
     cam2 = _Camera(
         cam.pos + near * level * np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.08, 0.08), rng.uniform(-0.3, 0.3)]),
-        _camera_rot(yaw + level * np.deg2rad(rng.uniform(-2, 2)), pitch + level * np.deg2rad(rng.uniform(-1.5, 1.5))),
+        _camera_rot(yaw + (1 + flying) * level * np.deg2rad(rng.uniform(-2, 2)),
+                    pitch + (1 + flying) * level * np.deg2rad(rng.uniform(-1.5, 1.5))),
         cam.f, cam.cx, cam.cy, cam.fy,
     )
     objs2 = [o.moved() for o in objs]
@@ -1248,7 +1258,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     )
     aux = {"ids1": ids1.reshape(h, w), "ids2": ids2.reshape(h, w), "depth2": t2.reshape(h, w),
            "proj_z2": xc[2].reshape(h, w), "n_objects": len(objs), "cam": cam, "cam2": cam2, "objs": objs,
-           "objs2": objs2, "world": world, "indoor": indoor, "rgb_clean": rgb1.reshape(h, w, 3)}
+           "objs2": objs2, "world": world, "indoor": indoor, "flying": flying, "rgb_clean": rgb1.reshape(h, w, 3)}
     return scene, aux
 
 
