@@ -281,7 +281,8 @@ def eval_(
     data: Annotated[Optional[list[Path]], typer.Argument(
         help="Real dataset folders (Hypersim, FlyingChairs, pix2gestalt layouts); none = synthetic scenes.")] = None,
     model: ModelOpt = None,
-    task: Annotated[str, typer.Option("--task", help="depth, flow, amodal or all (synthetic scenes).")] = "all",
+    task: Annotated[str, typer.Option("--task", help="depth, flow, amodal (any registered task) or all: "
+                                                     "every task the model does (synthetic scenes).")] = "all",
     synthetic: Annotated[int, typer.Option("--synthetic", help="Held-out rendered scenes per task.")] = 100,
     size: Annotated[int, typer.Option("--size", help="Rendered scene size in pixels.")] = 128,
     steps: StepsOpt = None,
@@ -302,18 +303,18 @@ def eval_(
     from percept_cli.hub import resolve_model
     from percept_cli.lock import default_model_name
     from percept_cli.pipeline import Predictor
+    from percept_cli.tasks import TASKS
 
-    if task not in ("depth", "flow", "amodal", "all"):
-        raise UsageError(f"--task must be depth, flow, amodal or all, got {task!r}")
+    if task not in (*TASKS, "all"):
+        raise UsageError(f"--task must be {', '.join(TASKS)} or all, got {task!r}")
     if synthetic < 1:
         raise UsageError(f"--synthetic must be at least 1, got {synthetic}")
-    if data:
-        sets = [(str(d), *real_set(d)) for d in data]
-    else:
-        names = ("depth", "flow", "amodal") if task == "all" else (task,)
-        sets = [(f"synthetic ({synthetic} held-out scenes)", t, synthetic_set(t, synthetic, size)) for t in names]
+    sets = [(str(d), *real_set(d)) for d in data or []]  # read before the model loads: bad folders fail fast
     name = model or default_model_name()
     predictor = Predictor.from_source(resolve_model(name), device=device, dtype=dtype, warn=Console().warn)
+    if not data:
+        names = [t for t in TASKS if t in predictor.tasks] if task == "all" else [task]
+        sets = [(f"synthetic ({synthetic} held-out scenes)", t, synthetic_set(t, synthetic, size)) for t in names]
     settings = dict(steps=steps, ensemble=ensemble, schedule=schedule, seed=seed, resolution=resolution, batch_size=batch_size)
     for label, t, samples in sets:
         res = evaluate(predictor, t, samples, **settings)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from percept_cli import tasks as T
+from percept_cli.tasks import AmodalResult, DepthResult, FlowResult, TaskInput, ToInput  # noqa: F401 (importable here)
 from percept_cli.autoencoder import VAE, PixelSpace
 from percept_cli.checkpoints import ModelSource
 from percept_cli.dtypes import dtype_name, resolve_dtype, torch_dtype
-from percept_cli.ensemble import amodal_soft
 from percept_cli.errors import InputError, UsageError
 from percept_cli.sampler import ddim_sample, initial_noise
 from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, schedule_warning
@@ -31,26 +31,6 @@ DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolu
 # How a non-square input meets the square processing grid: stretch = squash it (the official script),
 # pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio).
 FITS = ("stretch", "pad")
-
-
-@dataclass
-class DepthResult:
-    depth: np.ndarray  # (H, W) float32 in [0, 1], affine-invariant, 0 = near
-    uncertainty: np.ndarray | None  # (H, W) float32, same units as depth; None for one member
-
-
-@dataclass
-class FlowResult:
-    flow: np.ndarray  # (H, W, 2) float32 forward flow frame 1 -> 2 in input pixels (u right, v down)
-    uncertainty: np.ndarray | None  # (H, W) float32 RMS end-point spread of the members, pixels
-
-
-@dataclass
-class AmodalResult:
-    mask: np.ndarray  # (H, W) bool: the whole object, hidden parts included
-    soft: np.ndarray  # (H, W) float32 in [0, 1]: foreground probability
-    image: np.ndarray  # (H, W, 3) uint8: the whole object's appearance on white
-    uncertainty: np.ndarray | None  # (H, W) float32: fraction of members disagreeing with the mask
 
 
 @dataclass(frozen=True)
@@ -66,13 +46,6 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class TaskInput:
-    image: np.ndarray  # (H, W, 3) uint8
-    extra: np.ndarray | None = None  # flow: frame 2 (H, W, 3) uint8; amodal: visible mask (H, W) bool
-    name: str = "input"  # for messages
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -278,23 +251,7 @@ class Predictor:
             raise InputError(f"{item.name}: expected an (H, W, 3) uint8 RGB image, got {getattr(img, 'shape', type(img))}")
         if min(img.shape[:2]) < 1:
             raise InputError(f"{item.name}: the image is empty")
-        kind = T.get_task(task).extra
-        if kind == "frame":
-            e = item.extra
-            if not (isinstance(e, np.ndarray) and e.shape == img.shape and e.dtype == np.uint8):
-                got = getattr(e, "shape", None)
-                raise InputError(
-                    f"{item.name}: frame 2 must be a uint8 RGB image of the same size as frame 1 "
-                    f"{img.shape[1]}x{img.shape[0]}, got {got}; resize one of them"
-                )
-        if kind == "mask":
-            e = item.extra
-            if not (isinstance(e, np.ndarray) and e.shape == img.shape[:2]):
-                got = getattr(e, "shape", None)
-                raise InputError(
-                    f"{item.name}: the visible mask must be {img.shape[1]}x{img.shape[0]} like its image, got "
-                    f"{got[1]}x{got[0]}" if got and len(got) >= 2 else f"{item.name}: a visible mask is required"
-                )
+        T.get_task(task).check_input(item)  # the second input: frame 2, the visible mask...
 
     @torch.no_grad()
     def predict_iter(
@@ -356,32 +313,14 @@ class Predictor:
         elif extra is not None:
             extra = _to_grid(extra, grid, fit)
         rgb = T.to_unit(image)
-        prompt = T.prompt_image(task, image, extra)
+        prompt = T.get_task(task).prompt(image, extra)
         pair = torch.from_numpy(np.stack([rgb, prompt])).to(self.device)  # (2, 3, H, W)
         lat = self.autoencoder.encode(pair)  # (2, C, h, w)
         return lat.reshape(1, -1, *lat.shape[-2:])
 
     def _finish(self, task: str, members: np.ndarray, item: TaskInput, settings: Settings):
-        h, w = item.image.shape[:2]
+        """Members (L, E, 3, h, w) at the grid -> the task's result at the input's size."""
+        spec, size, grid = T.get_task(task), item.image.shape[:2], members.shape[-2:]
         fit = settings.fit
-        back = lambda arr: _from_grid(arr, (h, w), fit)  # noqa: E731  (grid -> input size, letterbox cropped)
-        values = T.members_to_values(task, members, self.config)
-        if task == T.DEPTH:
-            depth, unc = T.REDUCERS[task](values, reduction=settings.reduction or "median")
-            return DepthResult(
-                np.clip(back(depth), 0.0, 1.0).astype(np.float32),
-                None if unc is None else back(unc).astype(np.float32),
-            )
-        if task == T.FLOW:
-            flow, unc = T.REDUCERS[task](values, reduction=settings.reduction or "mean")
-            sx, sy = _grid_scale((h, w), flow.shape[:2], fit)
-            flow = back(flow) * np.array([sx, sy], np.float32)  # grid px -> input px
-            if unc is not None:
-                unc = back(unc) * float(np.sqrt(sx * sy))
-            return FlowResult(flow.astype(np.float32), unc)
-        red = T.REDUCERS[task](values, threshold=float(self.config.get("amodal_threshold", 240.0)))
-        image = back(red.image)
-        soft = amodal_soft(image, float(self.config.get("amodal_threshold", 240.0)))
-        unc = None if red.uncertainty is None else back(red.uncertainty)
-        rgb = np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        return AmodalResult(soft >= 0.5, soft, rgb, unc)
+        to_input = ToInput(lambda arr: _from_grid(arr, size, fit), _grid_scale(size, grid, fit))
+        return spec.finish(spec.decode(members, self.config), to_input, settings.reduction, self.config)

@@ -26,26 +26,28 @@ import os
 import re
 import tempfile
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 import numpy as np
 
 from percept_cli import media, writers
 from percept_cli.console import Console
-from percept_cli.tasks import get_task  # numpy only: no torch at planning time
 from percept_cli.dtypes import check_dtype  # no torch at planning time
 from percept_cli.errors import InputError, OutputError, UsageError
+from percept_cli.tasks import Source, get_task  # numpy only: no torch at planning time
 
-TASKS = ("depth", "flow", "amodal")
 REDUCTIONS = ("mean", "median")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CHUNK = 32  # inputs decoded and predicted together: bounded memory, full batches
+HELD = 8  # chunks' worth of entries a group holds at most (skipped video frames keep their .mp4 frame)
 VIDEO_FPS = 10.0  # for the .mp4 when the container does not say
 MAX_RESOLUTION_ENV = "PERCEPT_MAX_RESOLUTION"
 MAX_RESOLUTION = 4096  # px per side of the processing grid; 100000 would ask for 120 GB
-_OUTPUTS = {"depth": writers.depth_outputs, "flow": writers.flow_outputs, "amodal": writers.amodal_outputs}
 
 
 class BatchFailed(InputError):
@@ -78,15 +80,6 @@ class Options:
     max_frames: int | None = None
 
 
-@dataclass(frozen=True)
-class Source:
-    """One planned input before decoding."""
-
-    rel: Path  # output stem under OUT; for a video, the folder of its per-frame outputs
-    paths: tuple[Path, ...]  # (image,) | (frame1, frame2) | (image, mask) | (video,) | (video, mask)
-    video: bool = False
-
-
 @dataclass
 class Job:
     """One prediction: an image, a pair, an image with its mask, or one frame (pair) of a video."""
@@ -111,6 +104,23 @@ class VideoEnd:
     short: str | None = None  # fewer frames decoded than declared: the .mp4 is kept, the video counts as failed
 
 
+@dataclass
+class Plan:
+    """What a run will do: this rank's sources, each with what `done` says, and the inputs that failed."""
+
+    todo: list[tuple[Source, bool | str]]  # True: outputs exist; False: work; str: why it cannot be written
+    problems: list[media.Problem]
+
+    @property
+    def pending(self) -> list[Source]:
+        return [src for src, done in self.todo if done is not True]
+
+
+def _waiting(entry: Job | VideoEnd) -> bool:
+    """Whether an entry is a job still to predict."""
+    return isinstance(entry, Job) and entry.status == "pending"
+
+
 # ------------------------------------------------------------------------------------------------ 1. edge checks
 
 
@@ -118,7 +128,7 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
     """Validate values that need no model; returns the parsed formats. UsageError names the option and fix."""
     from percept_cli.schedules import parse_schedule
 
-    assert task in TASKS, task
+    spec = get_task(task)
     for name, value in (("--steps", opts.steps), ("--ensemble", opts.ensemble), ("--batch-size", opts.batch_size),
                         ("--resolution", opts.resolution), ("--every", opts.every), ("--max-frames", opts.max_frames)):
         if value is not None and value < 1:
@@ -138,7 +148,7 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
         raise UsageError(f"--fit must be stretch or pad, got {opts.fit!r}")
     if opts.schedule is not None:
         parse_schedule(opts.schedule)
-    return writers.parse_formats(opts.format or "all", task)
+    return spec.parse_formats(opts.format or "all")
 
 
 def max_resolution() -> int:
@@ -179,22 +189,7 @@ def collect_sources(task: str, inputs: list[str], opts: Options, mask: str | Non
     With `problems`, inputs that cannot be used (missing, no mask...) are noted there and the rest
     returned; without, the first raises InputError.
     """
-    out = opts.output
-    if task == "depth":
-        if list_file is not None:
-            raise UsageError("depth takes images, folders, globs or '-' (paths on stdin), not --list; drop --list")
-        items = media.collect_images(inputs, recursive=opts.recursive, stdin=stdin, exclude=out, problems=problems)
-        return [Source(it.rel, (it.path,), media.is_video(it.path)) for it in items]
-    if task == "flow":
-        if mask is not None:
-            raise UsageError("--mask is for amodal; flow takes A B, a video, a folder of frames or --list FILE")
-        pairs = media.collect_pairs(inputs, recursive=opts.recursive, list_file=list_file, stdin=stdin, exclude=out,
-                                    problems=problems)
-        return [Source(a.rel, (a.path,), True) if a.path == b.path and media.is_video(a.path)
-                else Source(a.rel, (a.path, b.path)) for a, b in pairs]
-    pairs = media.collect_image_mask_pairs(inputs, mask=mask, list_file=list_file, recursive=opts.recursive,
-                                           stdin=stdin, exclude=out, problems=problems)
-    return [Source(it.rel, (it.path, m), media.is_video(it.path)) for it, m in pairs]
+    return get_task(task).sources(inputs, opts.output, opts.recursive, mask, list_file, stdin, problems)
 
 
 def shard() -> tuple[int, int, int]:
@@ -233,21 +228,53 @@ class _Run:
     """One invocation: the plan, the loaded model, open .mp4 writers and the tallies."""
 
     def __init__(self, task: str, opts: Options) -> None:
-        self.task, self.opts = task, opts
+        self.task, self.spec, self.opts = task, get_task(task), opts
         self.out = Path(opts.output).expanduser()
         self.rank, self.world, self.local_rank = shard()
         self.console = Console(opts.quiet, prefix=f"[rank {self.rank}/{self.world}] " if self.world > 1 else "")
         self.predictor = self.settings = None
+        self.stack: ExitStack | None = None  # holds the open .mp4 writers while the run streams
         self.videos: dict[Source, writers.VideoWriter] = {}
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.failed: list[str] = []
         self.model = opts.model
         self._ensemble: int | None = None  # the checkpoint's default ensemble, read once when needed
 
-    # -- planning ---------------------------------------------------------------------------------
+    def run(self, inputs: list[str], mask: str | None, list_file: str | None, stdin: TextIO | None) -> None:
+        t_start = time.perf_counter()
+        plan = self.plan(inputs, mask, list_file, stdin)  # 1-3
+        self.stream(plan)  # 4-5
+        self.report(plan, time.perf_counter() - t_start)  # 6
+
+    # -- 1-3. planning ----------------------------------------------------------------------------
+
+    def plan(self, inputs: list[str], mask: str | None, list_file: str | None, stdin: TextIO | None) -> Plan:
+        """Check values, expand inputs (unusable ones fail alone), take this rank's shard, decide what is done."""
+        self.formats = check_options(self.task, self.opts)
+        problems: list[media.Problem] = []
+        sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin, problems)
+        if not sources and len(problems) == 1:
+            raise InputError(problems[0].message)  # the only input: its own message is the error
+        if sources:
+            check_output(self.out)
+        for problem in problems:
+            self.report_problem(problem)
+        if self.world > 1:  # a deterministic sort first: every rank sees the same list
+            sources = sorted(sources, key=lambda s: media.natural_key(s.rel))[self.rank :: self.world]
+        return Plan([(src, self.done(src)) for src in sources], problems)
+
+    def report_problem(self, problem: media.Problem) -> None:
+        """An input that failed while the inputs were expanded: said on stderr (rank 0), counted, recorded."""
+        job = Job(Source(Path(Path(problem.inputs[0]).stem), tuple(Path(p) for p in problem.inputs)), Path(),
+                  status="failed", error=problem.message)
+        if self.rank == 0:
+            self.emit(job)
+        else:  # every rank sees the same inputs: one says so, all exit 1
+            self.counts["failed"] += 1
+            self.failed.append(" & ".join(problem.inputs))
 
     def outputs(self, rel: Path, uncertainty: bool) -> list[Path]:
-        return _OUTPUTS[self.task](self.out / rel, self.formats, uncertainty)
+        return self.spec.outputs(self.out / rel, self.formats, uncertainty)
 
     def mp4(self, src: Source) -> Path:
         stem = self.out / src.rel
@@ -256,7 +283,7 @@ class _Run:
     def frame_indices(self, src: Source) -> list[int]:
         """Indices of the frames that name outputs (flow: every sampled frame but the last)."""
         idx = [i for i, _ in media.iter_video_frames(src.paths[0], self.opts.every, self.opts.max_frames)]
-        return idx[:-1] if self.task == "flow" else idx
+        return idx[: self.spec.jobs_from_frames(len(idx))]
 
     def uncertainty(self) -> bool:
         """Whether this run writes uncertainty maps: the ensemble it uses (flag > checkpoint default) is > 1."""
@@ -305,102 +332,57 @@ class _Run:
         """Jobs to run, for the progress bar; None when a video does not say its length."""
         total = 0
         for src in pending:
-            if not src.video:
-                total += 1
-                continue
-            try:
-                frames = media.video_info(src.paths[0]).frames
-            except InputError:
-                frames = 1
-            if frames is None:
-                return None
-            n = math.ceil(frames / self.opts.every)
-            n = min(n, self.opts.max_frames or n)
-            total += max(n - (self.task == "flow"), 0)
+            frames = 1
+            if src.video:
+                try:
+                    frames = media.video_info(src.paths[0]).frames
+                except InputError:
+                    frames = 1
+                if frames is None:
+                    return None
+                n = math.ceil(frames / self.opts.every)
+                frames = self.spec.jobs_from_frames(min(n, self.opts.max_frames or n))
+            total += frames
         return total
 
-    # -- 1-6 --------------------------------------------------------------------------------------
+    # -- 4-5. streaming ---------------------------------------------------------------------------
 
-    def run(self, inputs: list[str], mask: str | None, list_file: str | None, stdin: TextIO | None) -> None:
-        t_start = time.perf_counter()
-        # 1. values and formats, before anything is read
-        self.formats = check_options(self.task, self.opts)
-        # 2. sources, and this rank's shard of them (a deterministic sort first: every rank sees the same list)
-        # inputs that cannot be used fail alone: reported first, the others go on
-        problems: list[media.Problem] = []
-        sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin, problems)
-        if not sources and len(problems) == 1:
-            raise InputError(problems[0].message)  # the only input: its own message is the error
-        if sources:
-            check_output(self.out)
-        for problem in problems:
-            self.report_problem(problem)
-        if self.world > 1:
-            sources = sorted(sources, key=lambda s: media.natural_key(s.rel))[self.rank :: self.world]
-        # 3. resume: sources whose outputs all exist are skipped (and reported in input order)
-        plan = [(src, self.done(src)) for src in sources]
-        pending = [src for src, done in plan if done is not True]
-        # 4-5. stream jobs through the predictor in chunks; the model loads with the first decodable input
-        stream = self.stream(plan)
-        try:
-            # decode up to the first good input, then load the model before any bar starts (downloads print)
-            entries: list[Job | VideoEnd] = []
-            for entry in stream:
-                entries.append(entry)
-                if (isinstance(entry, Job) and entry.status == "pending") or len(entries) >= 8 * CHUNK:
-                    break
-            waiting = sum(isinstance(e, Job) and e.status == "pending" for e in entries)  # pending jobs in entries
-            if waiting:
-                self.load()
-            with self.console.progress(self.estimate(pending), f"{self.task}") as tracker:
-                for entry in stream:
-                    entries.append(entry)
-                    waiting += isinstance(entry, Job) and entry.status == "pending"
-                    # a full chunk to predict, or many skipped frames holding their .mp4 frames
-                    if waiting >= self.chunk_size() or len(entries) >= 8 * self.chunk_size():
-                        self.process(entries, tracker)
-                        entries, waiting = [], 0
-                self.process(entries, tracker)
-        except BaseException as e:  # KeyboardInterrupt too: no half-made .mp4 stays behind
-            for writer in self.videos.values():
-                writer.__exit__(type(e), e, e.__traceback__)
-            self.videos.clear()
-            raise
-        finally:
-            stream.close()
-        # 6. report
-        c = self.counts
-        if not sources:
-            if not problems:
-                self.console.note("no inputs for this rank")
-        elif not pending:
-            self.console.note(f"every input has its outputs in '{self.out}' already; nothing to do "
-                              "(pass --overwrite to predict again)")
-        else:
-            self.console.note(f"{self.task}: {c['ok']} done, {c['skipped']} skipped, {c['failed']} failed "
-                              f"in {time.perf_counter() - t_start:.1f} s -> {self.out}")
-        if self.failed:
-            more = len(self.failed) - 10
-            listed = ", ".join(self.failed[:10]) + (f" and {more} more" if more > 0 else "")
-            total = sum(c.values())
-            raise BatchFailed(f"{len(self.failed)} of {total} inputs failed: {listed}; "
-                              "fix them (see the errors above) and re-run: finished outputs are kept")
+    def stream(self, plan: Plan) -> None:
+        """Decode entries in input order, load the model with the first job to predict, then predict, write
+        and report in chunks. Open .mp4 writers live on an ExitStack: any exception discards them."""
+        with ExitStack() as self.stack:
+            entries = self.stack.enter_context(closing(self.entries(plan)))
+            head = self.head(entries)
+            if any(map(_waiting, head)):
+                self.load()  # before any bar starts (downloads print)
+            with self.console.progress(self.estimate(plan.pending), self.task) as tracker:
+                for group in self.groups(chain(head, entries)):
+                    self.process(group, tracker)
 
-    def report_problem(self, problem: media.Problem) -> None:
-        """An input that failed while the inputs were expanded: said on stderr (rank 0), counted, recorded."""
-        job = Job(Source(Path(Path(problem.inputs[0]).stem), tuple(Path(p) for p in problem.inputs)), Path(),
-                  status="failed", error=problem.message)
-        if self.rank == 0:
-            self.emit(job)
-        else:  # every rank sees the same inputs: one says so, all exit 1
-            self.counts["failed"] += 1
-            self.failed.append(" & ".join(problem.inputs))
+    def head(self, entries: Iterator[Job | VideoEnd]) -> list[Job | VideoEnd]:
+        """Entries up to the first job to predict (or a full group of entries with none)."""
+        head: list[Job | VideoEnd] = []
+        for entry in entries:
+            head.append(entry)
+            if _waiting(entry) or len(head) >= HELD * CHUNK:
+                break
+        return head
+
+    def groups(self, entries: Iterable[Job | VideoEnd]) -> Iterator[list[Job | VideoEnd]]:
+        """Entries in groups finished together: a chunk of jobs to predict, or HELD chunks' worth of entries."""
+        group: list[Job | VideoEnd] = []
+        for entry in entries:
+            group.append(entry)
+            if sum(map(_waiting, group)) >= self.chunk_size() or len(group) >= HELD * self.chunk_size():
+                yield group
+                group = []
+        yield group
 
     def chunk_size(self) -> int:
         """Inputs per predict_iter call: at least CHUNK, and enough rows to fill one batch."""
         if self.settings is None:
             return CHUNK
-        return max(CHUNK, math.ceil(self.settings.batch_size / (len(get_task(self.task).labels) * self.settings.ensemble)))
+        return max(CHUNK, math.ceil(self.settings.batch_size / (len(self.spec.labels) * self.settings.ensemble)))
 
     def load(self) -> None:
         """Resolve and load the model, then resolve settings (flag > checkpoint default > built-in)."""
@@ -422,66 +404,44 @@ class _Run:
 
     # -- decoding ---------------------------------------------------------------------------------
 
-    def stream(self, plan: list[tuple[Source, bool]]) -> Iterator[Job | VideoEnd]:
+    def entries(self, plan: Plan) -> Iterator[Job | VideoEnd]:
         """Jobs in input order; images decode ahead on worker threads (prefetch), videos lazily here."""
         from percept_cli.prefetch import prefetch
 
-        def job_for(src: Source, done: bool | str):
-            """A callable run on a worker thread: the image's Job, or the video source to expand here."""
-            def decode() -> Job | Source:
-                if isinstance(done, str):  # an output path is taken by a folder
-                    return Job(src, src.rel, status="failed", error=done)
-                if done:
-                    outs = [self.mp4(src)] if src.video else self.written(src.rel)
-                    return Job(src, src.rel, status="skipped", outputs=outs)
-                if src.video:
-                    return src
-                job = Job(src, src.rel)
-                try:
-                    job.item = load_input(self.task, src)
-                except InputError as e:
-                    job.status, job.error = "failed", str(e)
-                return job
-            return decode
+        for got in prefetch((partial(self.decode, src, done) for src, done in plan.todo), workers=2, depth=8):
+            yield from [got] if isinstance(got, Job) else self.video_entries(got)
 
-        for got in prefetch((job_for(src, done) for src, done in plan), workers=2, depth=8):
-            if isinstance(got, Job):
-                yield got
-                continue
-            src = got
-            try:
-                info = media.video_info(src.paths[0])
-                fps = (info.fps or VIDEO_FPS) / self.opts.every
-                writer = writers.VideoWriter(self.mp4(src), fps=fps, overwrite=self.opts.overwrite)
-                self.videos[src] = writer.__enter__()  # closed in finish_video, or discarded on any exception
-                yield from self.video_jobs(src)
-            except media.VideoShortError as e:  # its frames are in the stream already
-                yield VideoEnd(src, short=str(e))
-                continue
-            except InputError as e:
-                yield VideoEnd(src, str(e))
-                continue
+    def decode(self, src: Source, done: bool | str) -> Job | Source:
+        """Run on a worker thread: the image's Job, or the video source to expand in `video_entries`."""
+        if isinstance(done, str):  # an output path is taken by a folder
+            return Job(src, src.rel, status="failed", error=done)
+        if done:
+            return Job(src, src.rel, status="skipped", outputs=[self.mp4(src)] if src.video else self.written(src.rel))
+        if src.video:
+            return src
+        job = Job(src, src.rel)
+        try:
+            job.item = self.spec.load(src)
+        except InputError as e:
+            job.status, job.error = "failed", str(e)
+        return job
+
+    def video_entries(self, src: Source) -> Iterator[Job | VideoEnd]:
+        """A video's jobs (the task pairs or masks its frames), then its VideoEnd; the .mp4 opens on the stack."""
+        try:
+            info = media.video_info(src.paths[0])
+            fps = (info.fps or VIDEO_FPS) / self.opts.every
+            writer = writers.VideoWriter(self.mp4(src), fps=fps, overwrite=self.opts.overwrite)
+            self.videos[src] = self.stack.enter_context(writer)  # closed by finish_video
+            frames = media.iter_video_frames(src.paths[0], self.opts.every, self.opts.max_frames)
+            for index, item in self.spec.video_inputs(src, frames):
+                yield self.frame_job(src, index, item)
+        except media.VideoShortError as e:  # its frames are in the stream already
+            yield VideoEnd(src, short=str(e))
+        except InputError as e:
+            yield VideoEnd(src, str(e))
+        else:
             yield VideoEnd(src)
-
-    def video_jobs(self, src: Source) -> Iterator[Job]:
-        """One job per sampled frame (flow: per pair of consecutive sampled frames)."""
-        from percept_cli.pipeline import TaskInput
-
-        video = src.paths[0]
-        visible, prev, n = None, None, 0
-        for index, frame in media.iter_video_frames(video, self.opts.every, self.opts.max_frames):
-            n += 1
-            if self.task == "amodal" and visible is None:
-                visible = media.read_mask(src.paths[1], like_shape=frame.shape, image=video)
-            if self.task == "flow":
-                if prev is not None:
-                    yield self.frame_job(src, prev[0], TaskInput(prev[1], frame, name=f"{video} frame {prev[0]}"))
-                prev = (index, frame)
-            else:
-                yield self.frame_job(src, index, TaskInput(frame, visible, name=f"{video} frame {index}"))
-        if self.task == "flow" and n < 2:
-            raise InputError(f"video '{video}' gives only one frame here; flow needs two: lower --every "
-                             "or raise --max-frames")
 
     def frame_job(self, src: Source, index: int, item) -> Job:
         """A frame's job; skipped when its outputs exist (its .mp4 frame is then rebuilt from them)."""
@@ -493,56 +453,50 @@ class _Run:
         elif have:
             outs = self.written(rel)
             writer = self.videos.get(src)
-            viz = None if writer is None or writer.skipped else viz_from_outputs(self.task, outs, item)
+            viz = None if writer is None or writer.skipped else self.spec.viz_from_outputs(outs, item)
             if writer is None or writer.skipped or viz is not None:
                 job.status, job.outputs, job.viz, job.item = "skipped", outs, viz, None
         return job
 
     # -- predicting and writing -------------------------------------------------------------------
 
-    def process(self, entries: list[Job | VideoEnd], tracker) -> None:
-        """Predict the chunk's pending jobs in one predict_iter call; each entry is finished (its .mp4 frame
-        added, its JSON line printed) as soon as it and every entry before it are done."""
-        if self.predictor is None and any(isinstance(e, Job) and e.status == "pending" for e in entries):
+    def process(self, group: list[Job | VideoEnd], tracker) -> None:
+        """Predict the group's jobs in one predict_iter call; each entry is finished (its .mp4 frame added, its
+        JSON line printed) as soon as it and every entry before it are done."""
+        if self.predictor is None and any(map(_waiting, group)):
             self.load()  # the first inputs all failed or were skipped
-        pending = []
-        for job in entries:
-            if isinstance(job, Job) and job.status == "pending":
-                try:
-                    self.predictor.check_input(self.task, job.item)
-                    pending.append(job)
-                except InputError as e:
-                    job.status, job.error, job.item = "failed", str(e), None
+        jobs = [job for job in group if _waiting(job) and self.checked(job)]
         cursor = 0
-
-        def flush() -> None:
-            """Finish entries in input order up to the first one still being predicted."""
-            nonlocal cursor
-            while cursor < len(entries):
-                entry = entries[cursor]
-                if isinstance(entry, Job) and entry.status == "pending":
-                    return
-                self.finish(entry, tracker)
+        for _ in chain([None], self.predicted(jobs, tracker)):
+            while cursor < len(group) and not _waiting(group[cursor]):  # in input order, up to the first waiting
+                self.finish(group[cursor], tracker)
                 cursor += 1
 
-        flush()  # skipped and failed inputs before the first prediction are reported now
-        if pending:
-            s = self.settings
-            rows = len(pending) * len(get_task(self.task).labels) * s.ensemble * s.steps
-            t0 = time.perf_counter()
-            items = [j.item for j in pending]
-            for n, (i, result) in enumerate(self.predictor.predict_iter(self.task, items, s,
-                                                                         on_step=tracker.steps(rows)), start=1):
-                job = pending[i]
-                job.outputs = self.write(job, result)
-                if job.source.video:
-                    job.viz = visualise(self.task, result, job.item)
-                job.status, job.item = "ok", None
-                items[i] = None  # the predictor's own references go with its cache
-                job.seconds = (time.perf_counter() - t0) / n  # inputs share batches: the chunk's mean so far
-                tracker.advance()
-                flush()
-        flush()
+    def checked(self, job: Job) -> bool:
+        """Whether the predictor takes the job's input; a job it refuses has failed."""
+        try:
+            self.predictor.check_input(self.task, job.item)
+            return True
+        except InputError as e:
+            job.status, job.error, job.item = "failed", str(e), None
+            return False
+
+    def predicted(self, jobs: list[Job], tracker) -> Iterator[Job]:
+        """Predict `jobs` together; yield each as soon as its files are written."""
+        if not jobs:
+            return
+        s, t0 = self.settings, time.perf_counter()
+        items = [j.item for j in jobs]
+        steps = tracker.steps(len(jobs) * len(self.spec.labels) * s.ensemble * s.steps)
+        for n, (i, result) in enumerate(self.predictor.predict_iter(self.task, items, s, on_step=steps), start=1):
+            job = jobs[i]
+            job.outputs = self.spec.write(self.out / job.rel, result, job.item, self.formats, self.opts.overwrite)
+            if job.source.video:
+                job.viz = self.spec.visualise(result, job.item)
+            job.status, job.item, items[i] = "ok", None, None  # the predictor's own references go with its cache
+            job.seconds = (time.perf_counter() - t0) / n  # inputs share batches: the chunk's mean so far
+            tracker.advance()
+            yield job
 
     def finish(self, entry: Job | VideoEnd, tracker) -> None:
         """One finished entry: close a video, add a frame to its .mp4, count and report a job."""
@@ -560,48 +514,35 @@ class _Run:
             tracker.advance()
         self.emit(entry)
 
-    def write(self, job: Job, r) -> list[Path]:
-        stem, o = self.out / job.rel, self.opts
-        if self.task == "depth":
-            return writers.write_depth(stem, r.depth, r.uncertainty, self.formats, overwrite=o.overwrite)
-        if self.task == "flow":
-            return writers.write_flow(stem, r.flow, r.uncertainty, self.formats, overwrite=o.overwrite)
-        return writers.write_amodal(stem, r.mask, r.soft, job.item.image, r.uncertainty, self.formats,
-                                    overwrite=o.overwrite)
-
     def finish_video(self, end: VideoEnd, quiet: bool = False) -> None:
-        """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise.
-
-        A truncated video (end.short) keeps the .mp4 of the frames that decoded; the shortfall is a
-        warning and the video counts as failed, so the run exits 1.
-        """
+        """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise."""
         writer = self.videos.pop(end.source, None)
         if writer is not None:
-            if end.error is None:
-                writer.__exit__(None, None, None)
-            else:
-                writer.__exit__(InputError, InputError(end.error), None)
+            writer.close(keep=end.error is None)
         if quiet:  # the failed frame's own record says why
             return
         if end.short is not None:
-            self.console.warn(end.short)
-            self.counts["failed"] += 1
-            self.failed.append(str(end.source.paths[0]))
-            if self.opts.json:
-                job = Job(end.source, end.source.rel, status="failed", error=end.short,
-                          outputs=[self.mp4(end.source)] if self.mp4(end.source).is_file() else [])
-                self.console.record(self.record(job) | {"frames": writer.frames if writer is not None else 0})
-            return
-        if writer is None:  # never opened (unreadable video), or discarded after a failed frame
+            self.video_short(end, writer)
+        elif writer is None:  # never opened (unreadable video), or discarded after a failed frame
             if end.error is not None:
                 self.emit(Job(end.source, end.source.rel, status="failed", error=end.error))
-            return
-        status = "failed" if end.error is not None else "skipped" if writer.skipped else "ok"
-        job = Job(end.source, end.source.rel, status=status, error=end.error, outputs=[self.mp4(end.source)])
-        if status == "failed":
-            self.emit(job)
+        elif end.error is not None:
+            self.emit(Job(end.source, end.source.rel, status="failed", error=end.error, outputs=[self.mp4(end.source)]))
         elif self.opts.json:
+            job = Job(end.source, end.source.rel, status="skipped" if writer.skipped else "ok",
+                      outputs=[self.mp4(end.source)])
             self.console.record(self.record(job) | {"frames": writer.frames})
+
+    def video_short(self, end: VideoEnd, writer: writers.VideoWriter | None) -> None:
+        """A truncated video keeps the .mp4 of the frames that decoded; the shortfall warns and counts as failed."""
+        self.console.warn(end.short)
+        self.counts["failed"] += 1
+        self.failed.append(str(end.source.paths[0]))
+        if self.opts.json:
+            mp4 = self.mp4(end.source)
+            job = Job(end.source, end.source.rel, status="failed", error=end.short,
+                      outputs=[mp4] if mp4.is_file() else [])
+            self.console.record(self.record(job) | {"frames": writer.frames if writer is not None else 0})
 
     def emit(self, job: Job) -> None:
         """Count one finished job, report a failure on stderr, print its --json record."""
@@ -630,6 +571,26 @@ class _Run:
             self.settings.as_dict() | {"device": self.device, "dtype": self.predictor.dtype_name},
             "rank": self.rank,
         }
+
+    # -- 6. report --------------------------------------------------------------------------------
+
+    def report(self, plan: Plan, seconds: float) -> None:
+        """The summary line; BatchFailed (exit 1) naming the inputs that failed."""
+        c = self.counts
+        if not plan.todo:
+            if not plan.problems:
+                self.console.note("no inputs for this rank")
+        elif not plan.pending:
+            self.console.note(f"every input has its outputs in '{self.out}' already; nothing to do "
+                              "(pass --overwrite to predict again)")
+        else:
+            self.console.note(f"{self.task}: {c['ok']} done, {c['skipped']} skipped, {c['failed']} failed "
+                              f"in {seconds:.1f} s -> {self.out}")
+        if self.failed:
+            more = len(self.failed) - 10
+            listed = ", ".join(self.failed[:10]) + (f" and {more} more" if more > 0 else "")
+            raise BatchFailed(f"{len(self.failed)} of {sum(c.values())} inputs failed: {listed}; "
+                              "fix them (see the errors above) and re-run: finished outputs are kept")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -674,63 +635,3 @@ def default_ensemble(task: str, model: str | None) -> int | None:
 
 def _item(src: Source) -> media.InputItem:
     return media.InputItem(src.paths[0], src.rel)
-
-
-def _size(img: np.ndarray) -> str:
-    return f"{img.shape[1]}x{img.shape[0]}"
-
-
-def load_input(task: str, src: Source):
-    """Decode one non-video source into a TaskInput; InputError names the file(s) and the fix."""
-    from percept_cli.pipeline import TaskInput
-
-    if task == "depth":
-        return TaskInput(media.read_image(src.paths[0]), name=str(src.paths[0]))
-    if task == "flow":
-        a, b = src.paths
-        f1, f2 = media.read_image(a), media.read_image(b)
-        if f1.shape != f2.shape:
-            # Refused, not resized: a silent resize would change what the flow vectors measure.
-            raise InputError(
-                f"flow frames '{a}' ({_size(f1)}) and '{b}' ({_size(f2)}) differ in size (width x height); "
-                f"flow needs two frames of one size: resize or crop '{b}' to {_size(f1)}"
-            )
-        return TaskInput(f1, f2, name=str(a))
-    image, visible = src.paths
-    img = media.read_image(image)
-    return TaskInput(img, media.read_mask(visible, like_shape=img.shape, image=image), name=str(image))
-
-
-def visualise(task: str, result, item) -> np.ndarray:
-    """The (H, W, 3) uint8 frame a video's .mp4 shows: depth colours, the flow wheel, the mask overlay."""
-    if task == "depth":
-        return writers.colorize_depth(result.depth)
-    if task == "flow":
-        return writers.flow_to_color(result.flow)
-    return writers.overlay_mask(item.image, result.mask)
-
-
-def viz_from_outputs(task: str, outputs: list[Path], item) -> np.ndarray | None:
-    """Rebuild a skipped frame's .mp4 frame from its files on disk; None if none can be read."""
-
-    def find(suffix: str) -> Path | None:
-        return next((p for p in outputs if p.name.endswith(suffix)), None)
-
-    readers = {  # the visualisation file itself first, then any numeric output
-        "depth": ((".depth.color.png", media.read_image),
-                  (".depth.npy", lambda p: writers.colorize_depth(np.load(p))),
-                  (".depth.png", lambda p: writers.colorize_depth(writers.read_png16(p)))),
-        "flow": ((".flow.png", media.read_image),
-                 (".flow.flo", lambda p: writers.flow_to_color(writers.read_flo(p))),
-                 (".flow.npy", lambda p: writers.flow_to_color(np.load(p)))),
-        "amodal": ((".amodal.overlay.png", media.read_image),
-                   (".amodal.png", lambda p: writers.overlay_mask(item.image, media.read_mask(p))),
-                   (".amodal.npy", lambda p: writers.overlay_mask(item.image, np.load(p) >= 0.5))),
-    }
-    for suffix, read in readers[task]:
-        if (path := find(suffix)) is not None:
-            try:
-                return read(path)
-            except (InputError, OSError, ValueError):
-                return None
-    return None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from percept_cli.checkpoints import save_percept
 from percept_cli.dtypes import torch_dtype
+from percept_cli.data import mixture
 from percept_cli.data.mixture import ScenePool, sample_batch
 from percept_cli.models.dit import PerceptDiT, dit_config
 from percept_cli.models.moe import load_balancing_loss
@@ -90,7 +91,19 @@ class TrainConfig:
         motion = dict(motion_channels=self.motion_channels, motion_radius=self.motion_radius,
                       motion_levels=self.motion_levels) if self.motion_channels else {}
         return dict(cfg, sample_size=grid, in_channels=3, cond_channels=6, top_k=self.top_k,
-                    norm_topk_prob=self.norm_topk_prob, num_labels=5, label_offset=1000, learn_sigma=False, **motion)
+                    norm_topk_prob=self.norm_topk_prob, num_labels=self.num_labels(), label_offset=1000,
+                    learn_sigma=False, **motion)
+
+    def num_labels(self) -> int:
+        """Rows of the label table: 1000 + n covers every trained task's labels and the null row (5 for the three)."""
+        labels = [label for kind, (_, label) in mixture.kinds().items() if kind in self.task_weights]
+        return max([mixture.NULL_LABEL, *labels]) - 1000 + 1
+
+    def tasks(self) -> list[str]:
+        """The registered tasks this run trains (a kind of theirs has a weight), in registry order."""
+        if self.stage != "perception":
+            return []
+        return list(dict.fromkeys(task.name for kind, (task, _) in mixture.kinds().items() if kind in self.task_weights))
 
     def scheduler_config(self) -> dict[str, Any]:
         return dict(num_train_timesteps=1000, beta_schedule=self.beta_schedule, prediction_type=self.prediction_type,
@@ -98,8 +111,7 @@ class TrainConfig:
                     beta_start=0.00085, beta_end=0.012)
 
     def pipeline_config(self) -> dict[str, Any]:
-        tasks = ["depth", "flow", "amodal"] if self.stage == "perception" else []
-        return dict(tasks=tasks, resolution=self.resolution, steps=self.default_steps, ensemble=self.default_ensemble,
+        return dict(tasks=self.tasks(), resolution=self.resolution, steps=self.default_steps, ensemble=self.default_ensemble,
                     schedule="default", flow_scale=list(self.flow_scale), batch_size=32, trained_by="percept train",
                     train=asdict(self))
 
@@ -336,7 +348,7 @@ class Trainer:
         pred = Predictor(model, PixelSpace(), cfg.scheduler_config(), cfg.pipeline_config(), device="cpu",
                          dtype="bf16" if cfg.autocast == "bf16" else "fp32")
         out: dict[str, Any] = {}
-        for task in ("depth", "flow", "amodal"):
+        for task in cfg.tasks():
             samples = synthetic_set(task, cfg.eval_scenes, size=cfg.resolution * 2)
             res = evaluate(pred, task, samples, with_baselines=False, steps=cfg.eval_steps, ensemble=1, batch_size=32)
             out.update({f"eval_{task}_{k}": v for k, v in res["model"].items()})
@@ -405,6 +417,7 @@ def load_config(path: Path | None, **overrides: Any) -> TrainConfig:
         raise UsageError(f"unknown training option(s) {', '.join(unknown)}; see `percept train --help`")
     if "flow_scale" in values:
         values["flow_scale"] = tuple(values["flow_scale"])
+    mixture.check_kinds(values.get("task_weights", {}))
     return TrainConfig(**values)
 
 

@@ -1,19 +1,8 @@
-"""Every output format, each file written atomically (temp name in the same folder, then rename).
+"""Every output primitive, each file written atomically (temp name in the same folder, then rename).
 
-Output names, for stem = OUT/rel (see DESIGN.md "The command line"):
-
-    task    format   file                        uncertainty beside it
-    depth   npy      NAME.depth.npy              NAME.depth.uncertainty.npy   (numeric formats)
-            png16    NAME.depth.png              NAME.depth.uncertainty.png   (image formats)
-            color    NAME.depth.color.png
-    flow    flo      NAME.flow.flo               NAME.flow.uncertainty.npy    (flo, npy)
-            png      NAME.flow.png               NAME.flow.uncertainty.png    (png)
-            npy      NAME.flow.npy
-    amodal  png      NAME.amodal.png             NAME.amodal.uncertainty.npy  (npy)
-            npy      NAME.amodal.npy             NAME.amodal.uncertainty.png  (png, overlay)
-            overlay  NAME.amodal.overlay.png
-
-Names are built by appending to the stem's name, so a stem such as `x.jpg` stays intact.
+Task-free: atomic files and stale temps, .npy, 16-bit and 8-bit PNG, Middlebury .flo, colour maps
+(depth, uncertainty, the flow wheel, mask overlays) and the .mp4 VideoWriter. Which files a task
+writes, and their names (NAME.TASK.FORMAT beside the input's stem), live in its module (tasks/).
 """
 
 from __future__ import annotations
@@ -21,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,12 +18,7 @@ import numpy as np
 
 from .errors import InputError, OutputError, UsageError
 
-# cv2 and imageio are imported inside functions: the CLI imports this module for parse_formats.
-
-DEPTH_FORMATS = ("npy", "png16", "color")
-FLOW_FORMATS = ("flo", "png", "npy")
-AMODAL_FORMATS = ("png", "npy", "overlay")
-FORMATS = {"depth": DEPTH_FORMATS, "flow": FLOW_FORMATS, "amodal": AMODAL_FORMATS}
+# cv2 and imageio are imported inside functions: planning imports this module without them.
 
 FLO_MAGIC = 202021.25  # "PIEH" read as a little-endian float32
 _UNKNOWN_FLOW = 1e9  # Middlebury: components above this mark unknown flow
@@ -310,7 +294,7 @@ def colorize_uncertainty(uncertainty: np.ndarray, vmax: float | None = None) -> 
     return _colormap(u / top if top > 0 else np.zeros_like(u), cv2.COLORMAP_VIRIDIS)
 
 
-def _check_flow(flow: np.ndarray) -> np.ndarray:
+def check_flow(flow: np.ndarray) -> np.ndarray:
     """ValueError unless (H, W, 2)."""
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2:
@@ -320,7 +304,7 @@ def _check_flow(flow: np.ndarray) -> np.ndarray:
 
 def write_flo(path: str | os.PathLike[str], flow: np.ndarray) -> Path:
     """Write (H, W, 2) flow as Middlebury .flo: float32 magic, int32 width, int32 height, float32 u,v."""
-    flow = _check_flow(flow)
+    flow = check_flow(flow)
     h, w = flow.shape[:2]
     data = (
         np.array([FLO_MAGIC], "<f4").tobytes()
@@ -376,7 +360,7 @@ def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray
     Speeds are divided by max_flow (default: the largest finite speed in the map); speeds above
     1 after that are dimmed to 75 %, zero flow is white and unknown (non-finite or > 1e9) is black.
     """
-    flow = _check_flow(flow).astype(np.float64)
+    flow = check_flow(flow).astype(np.float64)
     unknown = ~np.isfinite(flow).all(axis=2) | (np.abs(np.nan_to_num(flow)) > _UNKNOWN_FLOW).any(axis=2)
     u = np.where(unknown, 0.0, flow[..., 0])
     v = np.where(unknown, 0.0, flow[..., 1])
@@ -412,167 +396,6 @@ def overlay_mask(
     blend = (1.0 - alpha) * rgb[mask].astype(np.float32) + alpha * np.asarray(color, np.float32)
     out[mask] = np.round(blend).astype(np.uint8)
     return out
-
-
-# ----------------------------------------------------------------------------- per task
-
-# (format, file suffix) in write order; uncertainty: which formats ask for its .npy / .png
-_NAMES = {
-    "depth": (("npy", ".depth.npy"), ("png16", ".depth.png"), ("color", ".depth.color.png")),
-    "flow": (("flo", ".flow.flo"), ("png", ".flow.png"), ("npy", ".flow.npy")),
-    "amodal": (("png", ".amodal.png"), ("npy", ".amodal.npy"), ("overlay", ".amodal.overlay.png")),
-}
-_NUMERIC = {"depth": {"npy"}, "flow": {"flo", "npy"}, "amodal": {"npy"}}
-
-
-def parse_formats(text: str, task: str) -> tuple[str, ...]:
-    """Parse a comma list of --format values for `task` ('all' = every format); UsageError if invalid."""
-    if task not in FORMATS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(FORMATS)}")
-    allowed = FORMATS[task]
-    out: list[str] = []
-    for value in (v.strip().lower() for v in str(text).split(",")):
-        if not value:
-            continue
-        picked = allowed if value == "all" else (value,)
-        for fmt in picked:
-            if fmt not in allowed:
-                raise UsageError(
-                    f"--format: '{value}' is not a {task} format; choose from {','.join(allowed)} "
-                    "(comma-separated) or all"
-                )
-            if fmt not in out:
-                out.append(fmt)
-    if not out:
-        raise UsageError(f"--format is empty; choose from {','.join(allowed)} (comma-separated) or all")
-    return tuple(out)
-
-
-def _formats(formats: str | Sequence[str], task: str) -> tuple[str, ...]:
-    """Validated formats from a comma string or a sequence."""
-    return parse_formats(formats if isinstance(formats, str) else ",".join(formats), task)
-
-
-def _plan(task: str, stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> dict[str, Path]:
-    """{format or 'uncertainty.npy'/'uncertainty.png': path} in a fixed order."""
-    stem = Path(stem)
-    chosen = _formats(formats, task)
-    named = lambda suffix: stem.with_name(stem.name + suffix)  # noqa: E731 - append, never replace a suffix
-    plan = {fmt: named(suffix) for fmt, suffix in _NAMES[task] if fmt in chosen}
-    if uncertainty:
-        if any(f in _NUMERIC[task] for f in chosen):
-            plan["uncertainty.npy"] = named(f".{task}.uncertainty.npy")
-        if any(f not in _NUMERIC[task] for f in chosen):
-            plan["uncertainty.png"] = named(f".{task}.uncertainty.png")
-    return plan
-
-
-def _write_plan(plan: dict[str, Path], writers: dict[str, Callable[[Path], object]], overwrite: bool) -> list[Path]:
-    """Run each writer whose file is missing (or all with overwrite); return every planned path."""
-    for key, path in plan.items():
-        if overwrite or not path.exists():
-            writers[key](path)
-    return list(plan.values())
-
-
-def _check_map(arr: np.ndarray | None, shape: tuple[int, ...], name: str) -> None:
-    """ValueError unless `arr` is None or has `shape`."""
-    if arr is not None and np.shape(arr) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {np.shape(arr)}")
-
-
-def depth_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
-    """Paths write_depth would write for `stem` (OUT/rel)."""
-    return list(_plan("depth", stem, formats, uncertainty).values())
-
-
-def _uncertainty_writers(uncertainty: np.ndarray | None) -> dict[str, Callable[[Path], object]]:
-    """The two uncertainty files every task writes beside its outputs."""
-    return {
-        "uncertainty.npy": lambda p: write_npy(p, np.asarray(uncertainty, np.float32)),
-        "uncertainty.png": lambda p: write_png8(p, colorize_uncertainty(uncertainty)),
-    }
-
-
-def write_depth(
-    stem: str | os.PathLike[str],
-    depth: np.ndarray,
-    uncertainty: np.ndarray | None,
-    formats: str | Sequence[str],
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write depth (H, W) in [0, 1], 0 = near, and its uncertainty; existing files are kept unless overwrite."""
-    depth = np.asarray(depth, dtype=np.float32)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    _check_map(uncertainty, depth.shape, "uncertainty")
-    plan = _plan("depth", stem, formats, uncertainty is not None)
-    writers = {
-        "npy": lambda p: write_npy(p, depth),
-        "png16": lambda p: write_png16(p, depth),
-        "color": lambda p: write_png8(p, colorize_depth(depth)),
-        **_uncertainty_writers(uncertainty),
-    }
-    return _write_plan(plan, writers, overwrite)
-
-
-def flow_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
-    """Paths write_flow would write for `stem` (OUT/rel)."""
-    return list(_plan("flow", stem, formats, uncertainty).values())
-
-
-def write_flow(
-    stem: str | os.PathLike[str],
-    flow: np.ndarray,
-    uncertainty: np.ndarray | None,
-    formats: str | Sequence[str],
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write forward flow (H, W, 2) in pixels and its uncertainty; existing files are kept unless overwrite."""
-    flow = _check_flow(flow).astype(np.float32)
-    _check_map(uncertainty, flow.shape[:2], "uncertainty")
-    plan = _plan("flow", stem, formats, uncertainty is not None)
-    writers = {
-        "flo": lambda p: write_flo(p, flow),
-        "png": lambda p: write_png8(p, flow_to_color(flow)),
-        "npy": lambda p: write_npy(p, flow),
-        **_uncertainty_writers(uncertainty),
-    }
-    return _write_plan(plan, writers, overwrite)
-
-
-def amodal_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], uncertainty: bool) -> list[Path]:
-    """Paths write_amodal would write for `stem` (OUT/rel)."""
-    return list(_plan("amodal", stem, formats, uncertainty).values())
-
-
-def write_amodal(
-    stem: str | os.PathLike[str],
-    mask: np.ndarray,
-    soft: np.ndarray,
-    image: np.ndarray | None,
-    uncertainty: np.ndarray | None,
-    formats: str | Sequence[str],
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write the amodal mask (0/255 PNG), its probability (.npy), an overlay on `image`, and uncertainty."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-    _check_map(soft, mask.shape, "soft")
-    _check_map(uncertainty, mask.shape, "uncertainty")
-    plan = _plan("amodal", stem, formats, uncertainty is not None)
-    if "overlay" in plan:
-        _check_map(image, mask.shape + (3,), "image (needed for the overlay format)")
-        if image is None:
-            raise ValueError("image (H, W, 3) uint8 is needed for the overlay format")
-    writers = {
-        "png": lambda p: write_png8(p, mask.astype(np.uint8) * 255),
-        "npy": lambda p: write_npy(p, np.asarray(soft, np.float32)),
-        "overlay": lambda p: write_png8(p, overlay_mask(np.asarray(image, np.uint8), mask)),
-        **_uncertainty_writers(uncertainty),
-    }
-    return _write_plan(plan, writers, overwrite)
 
 
 # ----------------------------------------------------------------------------- video
@@ -642,19 +465,23 @@ class VideoWriter:
             pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
         )
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish the file: renamed into place when `keep` and a frame was written, else deleted; idempotent."""
         if self._tmp is None:
             return
         tmp, self._tmp = self._tmp, None
         try:
             if self._writer is not None:
                 self._writer.close()  # flushes ffmpeg; raises if encoding failed
-            if exc is None and self.frames:
+            if keep and self.frames:
                 os.replace(tmp, self.path)
         except (OSError, RuntimeError) as e:
-            if exc is None:  # otherwise the body's own exception is the one to report
+            if keep:  # otherwise the caller's own error is the one to report
                 raise _write_error(self.path, e) from e
         finally:
             _discard(tmp)  # no-op after a successful rename
             _release(self._lock)
             self._lock = None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(keep=exc is None)

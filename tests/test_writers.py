@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from percept_cli import writers as W
+from percept_cli.tasks import get_task
+from percept_cli.tasks.amodal import FORMATS as AMODAL_FORMATS, write_amodal
+from percept_cli.tasks.depth import FORMATS as DEPTH_FORMATS, depth_outputs, write_depth
+from percept_cli.tasks.flow import FORMATS as FLOW_FORMATS, flow_outputs, write_flow
 from percept_cli.errors import InputError, OutputError, UsageError
 
 
@@ -181,7 +185,7 @@ def test_failed_write_leaves_no_file_and_no_temp(tmp_path, monkeypatch):
     # the same inside a real writer: failure during encoding
     monkeypatch.setattr(W, "colorize_depth", boom)
     with pytest.raises(RuntimeError):
-        W.write_depth(tmp_path / "out" / "y", np.zeros((4, 4), np.float32), None, ("npy", "color"))
+        write_depth(tmp_path / "out" / "y", np.zeros((4, 4), np.float32), None, ("npy", "color"))
     assert (tmp_path / "out" / "y.depth.npy").exists()
     assert not (tmp_path / "out" / "y.depth.color.png").exists() and _no_temps(tmp_path)
 
@@ -280,35 +284,35 @@ def test_depth_outputs_names_and_files(tmp_path):
         for n in ("img.depth.npy", "img.depth.png", "img.depth.color.png",
                   "img.depth.uncertainty.npy", "img.depth.uncertainty.png")
     ]
-    assert W.depth_outputs(stem, W.DEPTH_FORMATS, True) == expected
-    assert W.write_depth(stem, depth, unc, W.DEPTH_FORMATS) == expected
+    assert depth_outputs(stem, DEPTH_FORMATS, True) == expected
+    assert write_depth(stem, depth, unc, DEPTH_FORMATS) == expected
     assert all(p.is_file() for p in expected)
     np.testing.assert_array_equal(np.load(expected[0]), depth)
     np.testing.assert_allclose(W.read_png16(expected[1]), depth, atol=0.5 / 65535 + 1e-7)
-    assert W.depth_outputs(stem, "color", True) == [expected[2], expected[4]]
-    assert W.depth_outputs(stem, ["npy"], False) == [expected[0]]
+    assert depth_outputs(stem, "color", True) == [expected[2], expected[4]]
+    assert depth_outputs(stem, ["npy"], False) == [expected[0]]
 
 
 def test_stem_with_dots_is_appended_not_replaced(tmp_path):
-    assert W.flow_outputs(tmp_path / "x.jpg", "flo", False) == [tmp_path / "x.jpg.flow.flo"]
+    assert flow_outputs(tmp_path / "x.jpg", "flo", False) == [tmp_path / "x.jpg.flow.flo"]
 
 
 def test_overwrite_false_keeps_existing_file(tmp_path):
     stem = tmp_path / "a"
-    first = W.write_depth(stem, np.zeros((4, 4), np.float32), None, "npy")
+    first = write_depth(stem, np.zeros((4, 4), np.float32), None, "npy")
     before = first[0].read_bytes()
     mtime = first[0].stat().st_mtime_ns
-    again = W.write_depth(stem, np.ones((4, 4), np.float32), None, "npy,color")
+    again = write_depth(stem, np.ones((4, 4), np.float32), None, "npy,color")
     assert again == [tmp_path / "a.depth.npy", tmp_path / "a.depth.color.png"]
     assert first[0].read_bytes() == before and first[0].stat().st_mtime_ns == mtime
     assert again[1].is_file()  # the missing one is still written
-    W.write_depth(stem, np.ones((4, 4), np.float32), None, "npy", overwrite=True)
+    write_depth(stem, np.ones((4, 4), np.float32), None, "npy", overwrite=True)
     np.testing.assert_array_equal(np.load(first[0]), np.ones((4, 4)))
 
 
 def test_write_flow_all_formats(tmp_path):
     flow = np.random.default_rng(2).normal(0, 4, (5, 6, 2)).astype(np.float32)
-    paths = W.write_flow(tmp_path / "f", flow, np.ones((5, 6), np.float32), "png,npy,flo")
+    paths = write_flow(tmp_path / "f", flow, np.ones((5, 6), np.float32), "png,npy,flo")
     names = [p.name for p in paths]
     assert names == ["f.flow.flo", "f.flow.png", "f.flow.npy", "f.flow.uncertainty.npy", "f.flow.uncertainty.png"]
     np.testing.assert_array_equal(W.read_flo(paths[0]), flow)
@@ -322,28 +326,28 @@ def test_write_amodal_all_formats(tmp_path):
     mask[1:3, 1:4] = True
     soft = mask.astype(np.float32) * 0.9
     image = np.full((4, 5, 3), 10, np.uint8)
-    paths = W.write_amodal(tmp_path / "m", mask, soft, image, None, W.AMODAL_FORMATS)
+    paths = write_amodal(tmp_path / "m", mask, soft, image, None, AMODAL_FORMATS)
     assert [p.name for p in paths] == ["m.amodal.png", "m.amodal.npy", "m.amodal.overlay.png"]
     png = cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and set(np.unique(png)) == {0, 255}
     np.testing.assert_array_equal(png == 255, mask)
     np.testing.assert_array_equal(np.load(paths[1]), soft)
     with pytest.raises(ValueError, match="overlay"):
-        W.write_amodal(tmp_path / "n", mask, soft, None, None, "overlay")
+        write_amodal(tmp_path / "n", mask, soft, None, None, "overlay")
 
 
 def test_parse_formats():
-    assert W.parse_formats("npy, PNG16", "depth") == ("npy", "png16")
-    assert W.parse_formats("all", "flow") == W.FLOW_FORMATS
-    assert W.parse_formats("png,png", "amodal") == ("png",)
+    assert get_task("depth").parse_formats("npy, PNG16") == ("npy", "png16")
+    assert get_task("flow").parse_formats("all") == FLOW_FORMATS
+    assert get_task("amodal").parse_formats("png,png") == ("png",)
     with pytest.raises(UsageError) as err:
-        W.parse_formats("npy,jpg", "depth")
+        get_task("depth").parse_formats("npy,jpg")
     msg = str(err.value)
     assert "--format" in msg and "'jpg'" in msg and "npy,png16,color" in msg
     with pytest.raises(UsageError, match="empty"):
-        W.parse_formats(" , ", "flow")
+        get_task("flow").parse_formats(" , ")
     with pytest.raises(UsageError, match="png16"):
-        W.write_flow(Path("unused"), np.zeros((2, 2, 2)), None, "png16")
+        write_flow(Path("unused"), np.zeros((2, 2, 2)), None, "png16")
 
 
 # ----------------------------------------------------------------------------- video

@@ -218,20 +218,11 @@ def detect_dataset(root: Path) -> str:
     raise InputError(f"{root}: not a Hypersim, FlyingChairs or pix2gestalt folder: pass one of those datasets' roots")
 
 
-def synthetic_samples(
-    task: str, seeds: range, size: int | tuple[int, int]
-) -> list[DepthSample] | list[FlowSample] | list[AmodalSample]:
-    """Rendered scenes as samples of one task ('depth', 'flow' or 'amodal'), ground truth valid everywhere."""
-    if task not in ("depth", "flow", "amodal"):
-        raise UsageError(f"task={task!r} is not a task: use 'depth', 'flow' or 'amodal'")
-    out = []
-    for seed in seeds:
-        s = render_scene(seed, size)
-        name = f"synthetic_{seed:06d}"
-        if task == "depth":
-            out.append(DepthSample(s.rgb, s.depth, np.ones(s.depth.shape, bool), name))
-        elif task == "flow":
-            out.append(FlowSample(s.rgb, s.rgb2, s.flow, np.ones(s.depth.shape, bool), name))
-        else:
-            out.append(AmodalSample(s.rgb, s.visible_mask, s.whole_mask, s.whole_rgb, name))
-    return out
+def synthetic_samples(task: str, seeds: range, size: int | tuple[int, int]) -> list:
+    """Rendered scenes as samples of one registered task (tasks.get_task(task).sample), ground truth valid everywhere."""
+    from percept_cli.tasks import TASKS
+
+    if task not in TASKS:
+        raise UsageError(f"task={task!r} is not a task: use {' or '.join(repr(t) for t in TASKS)}")
+    spec = TASKS[task]
+    return [spec.sample(render_scene(seed, size), f"synthetic_{seed:06d}") for seed in seeds]

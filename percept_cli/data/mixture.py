@@ -3,7 +3,7 @@
 A `ScenePool` renders synthetic scenes once (at twice the training resolution, then area-downsampled
 so edges are anti-aliased; in worker processes when asked) and keeps them in memory; `sample_batch`
 draws a multi-task batch with random horizontal flips, vectorised over the batch (`example` is the
-one-sample reference it must match). Targets follow the task registry's encodings (tasks.py).
+one-sample reference it must match). Each task makes its own rows (Task.train_pair, tasks/).
 """
 
 from __future__ import annotations
@@ -16,12 +16,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from percept_cli import tasks as T
+from percept_cli.errors import UsageError
+from percept_cli.tasks import TASKS, Task, to_unit
 
-# Labels used in training batches: depth, amodal, flow-u, flow-v (the official ids), and the null row
-# for generative pre-training.
-LABELS = {"depth": 1000, "amodal": 1001, "flow_u": 1002, "flow_v": 1003}
-NULL_LABEL = 1004
+NULL_LABEL = 1004  # the label of generative pre-training rows ("generate": no condition)
+
+
+def kinds() -> dict[str, tuple[Task, int]]:
+    """{batch kind: (task, label)} of every registered task (flow: flow_u and flow_v; others: the name)."""
+    return {kind: (task, label) for task in TASKS.values() for kind, label in task.train_kinds().items()}
+
+
+def check_kinds(weights: dict[str, float]) -> None:
+    """UsageError naming a task weight that is no registered batch kind."""
+    known = [*kinds(), "generate"]
+    for kind in weights:
+        if kind not in known:
+            raise UsageError(f"task_weights: {kind!r} is not a task; use {', '.join(known)}")
 
 
 def _down(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -100,24 +111,14 @@ class ScenePool:
 def example(pool: ScenePool, i: int, kind: str, flip: bool, flow_scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, int]:
     """One (cond (6, H, W), target (3, H, W), label) in [-1, 1] units, optionally mirrored left-right."""
     sl = (slice(None), slice(None, None, -1)) if flip else (slice(None), slice(None))
-    rgb = pool.rgb[i][sl]
+    rgb = np.ascontiguousarray(pool.rgb[i][sl])
     if kind == "generate":  # unconditional image generation (pre-training): no condition
-        return np.zeros((6,) + rgb.shape[:2], np.float32), T.to_unit(np.ascontiguousarray(rgb)), NULL_LABEL
-    if kind == "depth":
-        prompt = T.prompt_image("depth", rgb, None)
-        target = T.depth_target(pool.depth[i][sl])
-    elif kind == "amodal":
-        prompt = T.prompt_image("amodal", rgb, pool.visible[i][sl])
-        target = T.amodal_target(np.ascontiguousarray(pool.whole_rgb[i][sl]))
-    else:
-        flow = pool.flow[i][sl].copy()
-        if flip:
-            flow[..., 0] *= -1  # mirrored motion
-        prompt = T.prompt_image("flow", rgb, np.ascontiguousarray(pool.rgb2[i][sl]))
-        u, v = T.flow_targets(flow, flow_scale)
-        target = u if kind == "flow_u" else v
-    cond = np.concatenate([T.to_unit(np.ascontiguousarray(rgb)), prompt])  # (6, H, W)
-    return cond.astype(np.float32), target, LABELS[kind]
+        return np.zeros((6,) + rgb.shape[:2], np.float32), to_unit(rgb), NULL_LABEL
+    task, label = kinds()[kind]
+    scene = lambda field: np.array(getattr(pool, field)[i][sl])[None]  # noqa: E731  (1, H, W, ...) copy
+    prompt, target = task.train_pair(kind, scene, np.array([flip]), flow_scale)
+    cond = np.concatenate([to_unit(rgb), prompt[0]])  # (6, H, W)
+    return cond.astype(np.float32), target[0], label
 
 
 def sample_batch(
@@ -128,40 +129,31 @@ def sample_batch(
 
     `out`: float32 (cond, target) arrays to fill, e.g. views of shared memory that a worker process sends.
     """
-    kinds = list(weights)
-    p = np.array([weights[k] for k in kinds], np.float64)
-    chosen = rng.choice(len(kinds), size=batch, p=p / p.sum())
+    check_kinds(weights)
+    table = kinds()
+    names_w = list(weights)
+    p = np.array([weights[k] for k in names_w], np.float64)
+    chosen = rng.choice(len(names_w), size=batch, p=p / p.sum())
     idx = rng.integers(0, len(pool), size=batch)
     flips = rng.random(batch) < 0.5
-    names = [kinds[c] for c in chosen]
+    names = [names_w[c] for c in chosen]
     name_arr = np.array(names)
     h, w = pool.rgb.shape[1:3]
     cond, target = out if out is not None else (np.empty((batch, 6, h, w), np.float32), np.empty((batch, 3, h, w), np.float32))
-    labels = np.array([LABELS.get(k, NULL_LABEL) for k in names], np.int64)
-    for kind in dict.fromkeys(names):  # each task once, in order of first appearance
+    labels = np.array([table[k][1] if k in table else NULL_LABEL for k in names], np.int64)
+    for kind in dict.fromkeys(names):  # each kind once, in order of first appearance
         rows = np.flatnonzero(name_arr == kind)
         i, f = idx[rows], flips[rows]
 
-        def take(arr: np.ndarray) -> np.ndarray:  # (n, H, W, ...) rows of this group, mirrored where f
-            got = arr[i]
+        def take(field: str) -> np.ndarray:  # (n, H, W, ...) rows of this group, mirrored where f
+            got = getattr(pool, field)[i]
             got[f] = got[f][:, :, ::-1]
             return got
 
-        rgb = take(pool.rgb)
+        rgb = take("rgb")
         if kind == "generate":
-            cond[rows], target[rows] = 0.0, T.to_unit(rgb)
+            cond[rows], target[rows] = 0.0, to_unit(rgb)
             continue
-        cond[rows, :3] = T.to_unit(rgb)
-        if kind == "depth":
-            cond[rows, 3:] = T.prompt_image("depth", rgb, None)
-            target[rows] = T.depth_target(take(pool.depth))
-        elif kind == "amodal":
-            cond[rows, 3:] = T.prompt_image("amodal", rgb, take(pool.visible))
-            target[rows] = T.amodal_target(take(pool.whole_rgb))
-        else:
-            flow = take(pool.flow)
-            flow[f, ..., 0] *= -1  # mirrored motion
-            cond[rows, 3:] = T.prompt_image("flow", rgb, take(pool.rgb2))
-            u, v = T.flow_targets(flow, flow_scale)
-            target[rows] = u if kind == "flow_u" else v
+        cond[rows, :3] = to_unit(rgb)
+        cond[rows, 3:], target[rows] = table[kind][0].train_pair(kind, take, f, flow_scale)
     return cond, target, labels, names
