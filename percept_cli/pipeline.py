@@ -218,15 +218,8 @@ class Predictor:
         batch_size = int(pick("batch_size", batch_size))
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        resolution = int(pick("resolution", resolution) if self.fixed_resolution is None else (resolution or self.fixed_resolution))
-        if self.fixed_resolution is not None and resolution != self.fixed_resolution:
-            raise UsageError(
-                f"--resolution {resolution}: this model's position table fixes it to {self.fixed_resolution} "
-                f"({self.fixed_resolution // self.unit * self.model.config.patch_size}x"
-                f"{self.fixed_resolution // self.unit * self.model.config.patch_size} latents); drop --resolution"
-            )
-        if resolution < self.unit or resolution % self.unit:
-            raise UsageError(f"--resolution must be a positive multiple of {self.unit} for this model, got {resolution}")
+        resolution = self._resolution(pick("resolution", resolution) if self.fixed_resolution is None
+                                      else resolution or self.fixed_resolution)
         if reduction is not None and reduction not in ("mean", "median"):
             raise UsageError(f"--reduction must be mean or median, got {reduction!r}")
         seed = 0 if seed is None else int(seed)
@@ -234,6 +227,17 @@ class Predictor:
         if fit not in FITS:
             raise UsageError(f"--fit must be stretch or pad, got {fit!r}")
         return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction, fit)
+
+    def _resolution(self, resolution: int) -> int:
+        """The processing resolution, checked against this model's patch grid (and its fixed table)."""
+        resolution = int(resolution)
+        if self.fixed_resolution is not None and resolution != self.fixed_resolution:
+            side = self.fixed_resolution // self.unit * self.model.config.patch_size
+            raise UsageError(f"--resolution {resolution}: this model's position table fixes it to "
+                             f"{self.fixed_resolution} ({side}x{side} latents); drop --resolution")
+        if resolution < self.unit or resolution % self.unit:
+            raise UsageError(f"--resolution must be a positive multiple of {self.unit} for this model, got {resolution}")
+        return resolution
 
     # -- prediction -------------------------------------------------------------------------------
 
@@ -264,18 +268,10 @@ class Predictor:
         """Yield (input index, result) as each input finishes; inputs share batches of rows."""
         settings = settings or self.settings(task)
         spec = T.get_task(task)
-        # 1. check inputs once, before any work
-        for item in inputs:
+        for item in inputs:  # 1. check inputs once, before any work
             self.check_input(task, item)
-        scheduler = make_scheduler(self.scheduler_config, settings.schedule)
-        note = schedule_warning(scheduler, settings.steps)
-        if note:
-            self.warn(note)
-        res = settings.resolution
-        grid = (res, res)
-        lat_shape = (self.autoencoder.channels, res // self.autoencoder.factor, res // self.autoencoder.factor)
-        noise = initial_noise(lat_shape, settings.ensemble, settings.seed)  # (E, C, h, w) on the CPU
-        autocast = None if self.dtype == torch.float32 else self.dtype
+        sample = self._sampler(settings, on_step)
+        grid = (settings.resolution, settings.resolution)
         # Rows: (input, label, member); one input's rows are contiguous, so it finishes early.
         rows = [(i, li, k) for i in range(len(inputs)) for li in range(len(spec.labels)) for k in range(settings.ensemble)]
         per_input = len(spec.labels) * settings.ensemble
@@ -283,26 +279,36 @@ class Predictor:
         cond_cache: dict[int, torch.Tensor] = {}
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start : start + settings.batch_size]
-            # 2-3. resize, normalise and encode each input of this chunk once
-            for i in dict.fromkeys(r[0] for r in chunk):
+            for i in dict.fromkeys(r[0] for r in chunk):  # 2-3. resize, normalise and encode each input once
                 if i not in cond_cache:
                     cond_cache[i] = self._encode(task, inputs[i], grid, settings.fit)
-            # 4. members and labels ride in the batch dimension
             cond = torch.cat([cond_cache[i] for i, _, _ in chunk])  # (B, 2C, h, w)
-            z0 = noise[[k for _, _, k in chunk]].to(self.device)  # (B, C, h, w)
-            labels = torch.tensor([spec.labels[li] for _, li, _ in chunk], device=self.device)
-            # 5. DDIM
-            step_cb = (lambda s, out: on_step(len(chunk))) if on_step else None
-            z = ddim_sample(self.denoiser, cond, z0, labels, scheduler, settings.steps, autocast_dtype=autocast, on_step=step_cb)
-            # 6. decode
-            images = self.autoencoder.decode(z).cpu().numpy()  # (B, 3, H, W)
+            images = sample(cond, [k for _, _, k in chunk], [spec.labels[li] for _, li, _ in chunk])  # (B, 3, H, W)
             for (i, _, _), img in zip(chunk, images):
                 decoded.setdefault(i, []).append(img)
-                if len(decoded[i]) == per_input:
-                    # 7-8. reduce at the grid, resize back
+                if len(decoded[i]) == per_input:  # 7-8. reduce at the grid, resize back
                     members = np.stack(decoded.pop(i)).reshape(len(spec.labels), settings.ensemble, *img.shape)
                     cond_cache.pop(i, None)
                     yield i, self._finish(task, members, inputs[i], settings)
+
+    def _sampler(self, settings: Settings, on_step: Callable[[int], None] | None) -> Callable[..., np.ndarray]:
+        """Steps 4-6 for one batch: sample(cond (B, 2C, h, w), member indices, labels) -> decoded (B, 3, H, W)."""
+        scheduler = make_scheduler(self.scheduler_config, settings.schedule)
+        if note := schedule_warning(scheduler, settings.steps):
+            self.warn(note)
+        ae, res = self.autoencoder, settings.resolution
+        noise = initial_noise((ae.channels, res // ae.factor, res // ae.factor), settings.ensemble, settings.seed)  # (E, C, h, w) on the CPU
+        autocast = None if self.dtype == torch.float32 else self.dtype
+
+        def sample(cond: torch.Tensor, members: list[int], labels: list[int]) -> np.ndarray:
+            z0 = noise[members].to(self.device)  # 4. members and labels ride in the batch dimension: (B, C, h, w)
+            y = torch.tensor(labels, device=self.device)  # (B,)
+            step_cb = (lambda s, out: on_step(len(members))) if on_step else None
+            z = ddim_sample(self.denoiser, cond, z0, y, scheduler, settings.steps, autocast_dtype=autocast,
+                            on_step=step_cb)  # 5. DDIM
+            return ae.decode(z).cpu().numpy()  # 6. decode: (B, 3, H, W)
+
+        return sample
 
     def _encode(self, task: str, item: TaskInput, grid: tuple[int, int], fit: str = "stretch") -> torch.Tensor:
         """(1, 2C, h, w): [rgb latent, prompt latent] at the processing grid."""
