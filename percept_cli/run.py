@@ -1,18 +1,24 @@
-"""The one implementation behind `percept depth`, `percept flow` and `percept amodal`.
+"""The one implementation behind the predicting commands (`percept depth`, `flow`, `amodal`): any
+registered task (tasks/), which says how its inputs are collected and decoded, how a video's
+frames become jobs, which files it writes and what a video frame shows. _Run.run in three parts:
 
+plan (_Run.plan)
   1. validate option values at the edge: before any file is decoded or any model is loaded
-  2. expand the inputs into sources (media.collect_*), check the output folder; under torchrun
+  2. expand the inputs into sources (Task.sources), check the output folder; under torchrun
      take this rank's shard. An input that cannot be used (missing, not an image, no mask) fails
      alone: it is reported and the rest go on
   3. drop sources whose outputs all exist (unless --overwrite; uncertainty maps count when the
      ensemble actually used, flag or checkpoint default, has more than one member); nothing left
      -> no model load
+stream (_Run.stream)
   4. resolve and load the model once, when the first input has decoded; settings = flag >
      checkpoint default > built-in default
   5. stream jobs (one per image, pair or video frame) in chunks through Predictor.predict_iter;
-     a bad input fails alone, every file is written atomically by writers
-  6. report: one JSON record per input (--json) as soon as its files are written, in input order;
-     a summary line; BatchFailed (exit 1) if anything failed, a truncated video included (its
+     a bad input fails alone, every file is written atomically (Task.write); one JSON record
+     per input (--json) as soon as its files are written, in input order; .mp4 writers are
+     held on an ExitStack, so any exception (Ctrl-C too) leaves no half-made video
+report (_Run.report)
+  6. a summary line; BatchFailed (exit 1) if anything failed, a truncated video included (its
      decoded frames are written, the shortfall is a warning and counts as a failure)
 
 torch is imported only in step 4, so planning and `--help` stay light.
