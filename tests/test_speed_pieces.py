@@ -96,10 +96,14 @@ def test_compile_is_off_by_default():
     assert maybe_compile(model) is model
 
 
-def test_compile_flag_wraps_the_same_weights():
-    model = tiny_dit()
-    compiled = maybe_compile(model, True)  # lazy: nothing compiles until the first call
+def test_compiled_model_matches_eager_with_the_cpu_fast_paths():
+    """torch.compile traces the plain ops (fastpath steps aside while compiling) and agrees with eager."""
+    model = tiny_dit(num_experts=2).requires_grad_(False)
+    compiled = maybe_compile(model, True)
     assert compiled is not model and compiled._orig_mod is model
+    x, t, y = torch.randn(2, 9, 32, 32), torch.tensor([5, 9]), torch.tensor([1000, 1001])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t, y), model(x, t, y), atol=1e-5, rtol=1e-5)
 
 
 def test_benchmark_reference_matches_batched_predictor():

@@ -18,6 +18,7 @@ faster route, it takes it. The routes and their error bounds (tests/test_speed_p
   measured. Results differ from MKL's by float rounding (summation order; oneDNN's tanh):
   ~1e-6 relative. Training (autograd), autocast and 16-bit weights take F.linear.
   PERCEPT_ONEDNN=0 in the environment turns this route off.
+- `compile_model`: torch.compile with every MoE layer left eager.
 - `ReuseForEqualInput`: a function's last result, kept outside autograd and returned again while
   its input is exactly equal (the flow cost volume: sampling passes the same frames every step).
 
@@ -68,8 +69,11 @@ def plain() -> Iterator[None]:
 
 
 def _onednn_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True where the oneDNN route applies: fp32 inference on a CPU, outside autocast."""
-    return (ONEDNN_LINEAR is not None and not _plain and x.dtype == torch.float32 and weight.dtype == torch.float32
+    """True where the oneDNN route applies: fp32 inference on a CPU, outside autocast and torch.compile
+    (whose CPU backend picks its own oneDNN kernels)."""
+    if ONEDNN_LINEAR is None or _plain or torch.compiler.is_compiling():
+        return False
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
 
 
@@ -127,3 +131,19 @@ class ReuseForEqualInput:
         out = fn(x)
         self.last = (x.clone(), out)
         return out
+
+
+def compile_model(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """torch.compile(model), every MoE layer left eager.
+
+    Under compile the per-expert token counts are data: tracing would specialise on them and recompile
+    on every new routing, so the MoE runs eager and the rest of each block compiles. Applied here, at
+    compile time, not as a decorator: torch.compiler.disable imports torch._dynamo, ~0.8 s of start-up
+    that an eager run would pay for nothing.
+    """
+    from percept_cli.models.moe import MoE
+
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.forward = torch.compiler.disable(module.forward)
+    return torch.compile(model, dynamic=None)
