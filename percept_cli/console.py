@@ -91,6 +91,11 @@ def library_chatter_off() -> Iterator[None]:
     import logging
     import warnings
 
+    if "diffusers" not in sys.modules:  # loading percept's own folders never imports diffusers: keep it so
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+        return
     from diffusers.utils import logging as diffusers_logging
 
     verbosity = diffusers_logging.get_verbosity()
@@ -111,7 +116,6 @@ def library_chatter_off() -> Iterator[None]:
             diffusers_logging.enable_progress_bar()
         for logger, level in zip(others, levels):
             logger.setLevel(level)
-
 
 class Tracker:
     """Advances the bars; a no-op when progress is off."""

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from percept_cli.models.config import ConfigModule
 from percept_cli.models.correlation import MotionEncoder
 from percept_cli.models.fastpath import Linear, attention
 from percept_cli.models.moe import MoE, Mlp
@@ -62,7 +61,9 @@ class LabelEmbedder(nn.Module):
     def __init__(self, num_labels: int, hidden: int, offset: int):
         super().__init__()
         self.offset = offset
-        self.embedding_table = nn.Embedding(num_labels, hidden)
+        # initialised in PerceptDiT.initialize_weights (_weight skips nn.Embedding's own normal_, which
+        # on the meta device imports torch._dynamo: ~0.8 s of start-up when a model is loaded)
+        self.embedding_table = nn.Embedding(num_labels, hidden, _weight=torch.empty(num_labels, hidden))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.embedding_table(y.long() - self.offset)  # (N, D)
@@ -164,10 +165,11 @@ class DiTOutput:
     router_logits: list[torch.Tensor]  # one (N*T, E) per MoE block; empty for dense models
 
 
-class PerceptDiT(ModelMixin, ConfigMixin):
-    """DiT over channel-concatenated [condition, noisy target]; predicts the target's channels (+ sigma)."""
+class PerceptDiT(ConfigModule):
+    """DiT over channel-concatenated [condition, noisy target]; predicts the target's channels (+ sigma).
 
-    @register_to_config
+    Saved as a diffusers ModelMixin folder (config.json = these arguments, safetensors weights)."""
+
     def __init__(
         self,
         sample_size: int = 32,  # grid side (in pixels or latents) of the stored position table
@@ -191,6 +193,7 @@ class PerceptDiT(ModelMixin, ConfigMixin):
         motion_labels: tuple[int, ...] = (1002, 1003),
     ):
         super().__init__()
+        self.register_config(locals())
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.motion = MotionEncoder(motion_channels, motion_radius, motion_levels) if motion_channels else None
         in_all = in_channels + cond_channels + motion_channels
@@ -205,7 +208,8 @@ class PerceptDiT(ModelMixin, ConfigMixin):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self.initialize_weights()
+        if self.pos_embed.device.type != "meta":  # on the meta device (loading) the weights come from a file
+            self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """DiT's init: xavier linears, small embeddings, zeroed adaLN and output (identity blocks)."""
