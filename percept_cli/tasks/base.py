@@ -106,7 +106,7 @@ class Task:
         if list_file is not None:
             raise UsageError(f"{self.name} takes images, folders, globs or '-' (paths on stdin), not --list; drop --list")
         if mask is not None:
-            raise UsageError(f"--mask is for amodal; {self.name} takes images, folders, globs or '-'")
+            raise UsageError(f"{self.name} takes no --mask, only images, folders, globs or '-'; drop --mask")
         items = media.collect_images(inputs, recursive=recursive, stdin=stdin, exclude=out, problems=problems)
         return [Source(it.rel, (it.path,), media.is_video(it.path)) for it in items]
 
