@@ -326,14 +326,11 @@ def export_percept(src: Path, dst: Path, dtype: str = "fp16") -> Path:
     """Copy a model folder of our layout with its weights cast (fp16 halves the size; loads back as fp32)."""
     import shutil
 
-    import torch
-
-    from percept_cli.errors import OutputError, UsageError
+    from percept_cli.dtypes import check_dtype, torch_dtype
+    from percept_cli.errors import OutputError
     from percept_cli.models.dit import PerceptDiT
 
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if dtype not in dtypes:
-        raise UsageError(f"--dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    check_dtype(dtype, ("fp16", "bf16", "fp32"))  # a storage dtype: no auto
     src, dst = Path(src), Path(dst)
     model = load_pretrained(PerceptDiT, src, f"model '{src}'")
     config = _read_json(src / "percept.json")
@@ -341,7 +338,7 @@ def export_percept(src: Path, dst: Path, dtype: str = "fp16") -> Path:
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_percept(tmp, model, sched, config, dtype=dtypes[dtype])
+        save_percept(tmp, model, sched, config, dtype=torch_dtype(dtype))
         if (src / "vae").is_dir():
             shutil.copytree(src / "vae", tmp / "vae")
         if dst.exists():

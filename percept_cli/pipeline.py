@@ -90,7 +90,9 @@ def maybe_compile(model: torch.nn.Module, enabled: bool = False) -> Callable[...
     The compiled wrapper shares the model's weights, so results match the eager model within
     float tolerance. dynamic=None: a different last-batch size recompiles once with dynamic shapes.
     """
-    return torch.compile(model, dynamic=None) if enabled else model
+    from percept_cli.models.fastpath import compile_model
+
+    return compile_model(model) if enabled else model
 
 
 def _resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool = False) -> np.ndarray:

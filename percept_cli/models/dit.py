@@ -208,7 +208,7 @@ class PerceptDiT(ConfigModule):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        if self.pos_embed.device.type != "meta":  # on the meta device (loading) the weights come from a file
+        if self.final_layer.linear.weight.device.type != "meta":  # on the meta device (loading) weights come from a file
             self.initialize_weights()
 
     def initialize_weights(self) -> None:
