@@ -76,6 +76,24 @@ def write_plan(plan: dict[str, Path], writers: dict[str, Callable[[Path], object
     return list(plan.values())
 
 
+class VideoState:
+    """What a task keeps while one video streams (Task.video_state): each frame's result passes through
+    `result` in frame order before it is written, `visualise` draws its .mp4 frame, and `skipped` draws a
+    frame whose outputs exist already (taking its files into the state). This default keeps nothing."""
+
+    def __init__(self, task: "Task", temporal: bool = True) -> None:
+        self.task, self.temporal = task, temporal
+
+    def result(self, result: Any) -> Any:
+        return result
+
+    def visualise(self, result: Any, item: TaskInput) -> np.ndarray:
+        return self.task.visualise(result, item)
+
+    def skipped(self, outputs: list[Path], item: TaskInput) -> np.ndarray | None:
+        return self.task.viz_from_outputs(outputs, item)
+
+
 class Task:
     """One perception task; class attributes are its presets, methods its answers."""
 
@@ -192,6 +210,10 @@ class Task:
     def visualise(self, result: Any, item: TaskInput) -> np.ndarray:
         """The (H, W, 3) uint8 frame a video's .mp4 shows."""
         raise NotImplementedError
+
+    def video_state(self, temporal: bool = True) -> VideoState:
+        """A fresh state for one video; temporal=False (--no-temporal) keeps its frames independent."""
+        return VideoState(self, temporal)
 
     def viz_readers(self, item: TaskInput) -> tuple[tuple[str, Callable[[Path], np.ndarray]], ...]:
         """(file suffix, read it as an .mp4 frame): the visualisation file first, then numeric outputs."""

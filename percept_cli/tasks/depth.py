@@ -68,6 +68,11 @@ class Depth(Task):
 
         return colorize_depth(result.depth)
 
+    def video_state(self, temporal=True):
+        from percept_cli.temporal import DepthVideo
+
+        return DepthVideo(self, temporal)
+
     def viz_readers(self, item):
         from percept_cli import media, writers as W
 

@@ -126,6 +126,11 @@ class Flow(Task):
 
         return flow_to_color(result.flow)
 
+    def video_state(self, temporal=True):
+        from percept_cli.temporal import FlowVideo
+
+        return FlowVideo(self, temporal)
+
     def viz_readers(self, item):
         from percept_cli import media, writers as W
 
