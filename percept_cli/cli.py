@@ -86,6 +86,11 @@ EveryOpt = Annotated[int, typer.Option(
     "--every", rich_help_panel=_IN, help="Videos: use every N-th frame.")]
 MaxFramesOpt = Annotated[Optional[int], typer.Option(
     "--max-frames", show_default=False, rich_help_panel=_IN, help="Videos: read at most N frames.")]
+TemporalOpt = Annotated[bool, typer.Option(
+    "--temporal/--no-temporal", rich_help_panel=_IN,
+    help="Videos: keep frames consistent (depth aligned in scale and shift to the previous frame; every frame "
+         "has the same noise either way). --no-temporal keeps each frame as predicted on its own. The .mp4 uses "
+         "one colour range per clip either way.")]
 ListOpt = Annotated[Optional[str], typer.Option(
     "--list", show_default=False, rich_help_panel=_IN,
     help="A text file with one pair per line ('-' = stdin); relative paths are relative to the file.")]
@@ -117,6 +122,7 @@ def depth(
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+    temporal: TemporalOpt = True,
 ) -> None:
     """Predict depth: NAME.depth.npy (float32, 0 = near), NAME.depth.png (16-bit), NAME.depth.color.png.
 
@@ -138,6 +144,7 @@ def flow(
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+    temporal: TemporalOpt = True,
 ) -> None:
     """Predict forward optical flow A -> B: NAME.flow.flo (Middlebury), NAME.flow.png (colour wheel), NAME.flow.npy.
 
@@ -162,6 +169,7 @@ def amodal(
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
+    temporal: TemporalOpt = True,
 ) -> None:
     """Predict the whole object behind occluders: NAME.amodal.png (0/255), .amodal.npy, .amodal.overlay.png.
 

@@ -84,6 +84,7 @@ class Options:
     recursive: bool = False
     every: int = 1
     max_frames: int | None = None
+    temporal: bool = True  # videos: the task's per-video state links frames (depth aligned); False = independent
 
 
 @dataclass
@@ -241,6 +242,7 @@ class _Run:
         self.predictor = self.settings = None
         self.stack: ExitStack | None = None  # holds the open .mp4 writers while the run streams
         self.videos: dict[Source, writers.VideoWriter] = {}
+        self.states: dict[Source, Any] = {}  # each open video's Task.video_state: its frames pass through in order
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.failed: list[str] = []
         self.model = opts.model
@@ -439,6 +441,7 @@ class _Run:
             fps = (info.fps or VIDEO_FPS) / self.opts.every
             writer = writers.VideoWriter(self.mp4(src), fps=fps, overwrite=self.opts.overwrite)
             self.videos[src] = self.stack.enter_context(writer)  # closed by finish_video
+            self.states[src] = self.spec.video_state(self.opts.temporal)
             frames = media.iter_video_frames(src.paths[0], self.opts.every, self.opts.max_frames)
             for index, item in self.spec.video_inputs(src, frames):
                 yield self.frame_job(src, index, item)
@@ -459,7 +462,8 @@ class _Run:
         elif have:
             outs = self.written(rel)
             writer = self.videos.get(src)
-            viz = None if writer is None or writer.skipped else self.spec.viz_from_outputs(outs, item)
+            state = self.states.get(src)
+            viz = None if writer is None or writer.skipped or state is None else state.skipped(outs, item)
             if writer is None or writer.skipped or viz is not None:
                 job.status, job.outputs, job.viz, job.item = "skipped", outs, viz, None
         return job
@@ -496,9 +500,12 @@ class _Run:
         steps = tracker.steps(len(jobs) * len(self.spec.labels) * s.ensemble * s.steps)
         for n, (i, result) in enumerate(self.predictor.predict_iter(self.task, items, s, on_step=steps), start=1):
             job = jobs[i]
+            state = self.states.get(job.source) if job.source.video else None
+            if state is not None:  # results come in input order, so a video's frames reach its state in order
+                result = state.result(result)
             job.outputs = self.spec.write(self.out / job.rel, result, job.item, self.formats, self.opts.overwrite)
-            if job.source.video:
-                job.viz = self.spec.visualise(result, job.item)
+            if state is not None:
+                job.viz = state.visualise(result, job.item)
             job.status, job.item, items[i] = "ok", None, None  # the predictor's own references go with its cache
             job.seconds = (time.perf_counter() - t0) / n  # inputs share batches: the chunk's mean so far
             tracker.advance()
@@ -523,6 +530,7 @@ class _Run:
     def finish_video(self, end: VideoEnd, quiet: bool = False) -> None:
         """Close a video's .mp4: renamed into place when every frame went well, discarded otherwise."""
         writer = self.videos.pop(end.source, None)
+        self.states.pop(end.source, None)
         if writer is not None:
             writer.close(keep=end.error is None)
         if quiet:  # the failed frame's own record says why
