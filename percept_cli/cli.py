@@ -291,7 +291,12 @@ def eval_(
     model: ModelOpt = None,
     task: Annotated[str, typer.Option("--task", help="depth, flow, amodal (any registered task) or all: "
                                                      "every task the model does (synthetic scenes).")] = "all",
-    synthetic: Annotated[int, typer.Option("--synthetic", help="Held-out rendered scenes per task.")] = 100,
+    synthetic: Annotated[int, typer.Option("--synthetic", "--count",
+                                           help="Held-out rendered scenes per task (--temporal: sequences).")] = 100,
+    temporal: Annotated[bool, typer.Option(
+        "--temporal", help="Video depth: rendered sequences predicted as a video is, temporal vs --no-temporal; "
+                           "per-frame AbsRel / delta1 and flicker (frame-to-frame change against ground truth).")] = False,
+    frames: Annotated[int, typer.Option("--frames", help="--temporal: frames per sequence.")] = 10,
     size: Annotated[int, typer.Option("--size", help="Rendered scene size in pixels.")] = 128,
     steps: StepsOpt = None,
     ensemble: EnsembleOpt = None,
@@ -317,6 +322,10 @@ def eval_(
         raise UsageError(f"--task must be {', '.join(TASKS)} or all, got {task!r}")
     if synthetic < 1:
         raise UsageError(f"--synthetic must be at least 1, got {synthetic}")
+    if temporal and (data or task not in ("depth", "all")):
+        raise UsageError("--temporal evaluates depth on rendered sequences; drop the dataset folders and --task")
+    if frames < 2:
+        raise UsageError(f"--frames must be at least 2 (flicker compares consecutive frames), got {frames}")
     sets = [(str(d), *real_set(d)) for d in data or []]  # read before the model loads: bad folders fail fast
     name = model or default_model_name()
     predictor = Predictor.from_source(resolve_model(name), device=device, dtype=dtype, warn=Console().warn)
@@ -324,6 +333,14 @@ def eval_(
         names = [t for t in TASKS if t in predictor.tasks] if task == "all" else [task]
         sets = [(f"synthetic ({synthetic} held-out scenes)", t, synthetic_set(t, synthetic, size)) for t in names]
     settings = dict(steps=steps, ensemble=ensemble, schedule=schedule, seed=seed, resolution=resolution, batch_size=batch_size)
+    if temporal:
+        from percept_cli.evaluate import evaluate_temporal, sequence_set
+
+        res = evaluate_temporal(predictor, sequence_set(synthetic, frames, size), **settings)
+        res.update(model=name, data=f"synthetic sequences ({synthetic} x {frames} frames, {size} px)",
+                   scores=res.pop("model"))
+        typer.echo(json.dumps(res)) if json_out else print_eval_table(res)
+        return
     for label, t, samples in sets:
         res = evaluate(predictor, t, samples, **settings)
         res.update(model=name, data=label, scores=res.pop("model"))
