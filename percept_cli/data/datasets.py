@@ -127,32 +127,42 @@ def _hypersim_pairs(root: Path, split_file: Path | None) -> list[tuple[Path, Pat
     return pairs
 
 
-def read_hypersim(root: Path, split_file: Path | None = None) -> list[DepthSample]:
-    """Hypersim in Marigold's layout: *rgb_cam_XX_frNNNN.png beside *depth_plane_cam_XX_frNNNN.png (uint16 mm)."""
+def hypersim_items(root: Path, split_file: Path | None = None) -> list[tuple[Path, Path]]:
+    """(rgb, depth) paths of Hypersim in Marigold's layout; InputError naming the folder when it holds none."""
     root = _is_dir(root, "Hypersim")
     pairs = _hypersim_pairs(root, split_file)
     if not pairs:
-        raise InputError(f"{root}: no Hypersim *rgb_cam_XX_frNNNN.png files under it: pass the dataset's root folder")
-    samples = []
-    for rgb_path, depth_path in pairs:
-        rgb = _read_rgb(rgb_path)
-        raw = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
-        if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
-            raise InputError(f"{depth_path}: not a single-channel 16-bit depth PNG: use Marigold's preprocessed files")
-        _same_size(depth_path, rgb, raw)
-        depth = raw.astype(np.float32) / 1000.0  # (H, W) millimetres -> metres
-        samples.append(DepthSample(rgb, depth, raw > 0, rgb_path.relative_to(root).with_suffix("").as_posix()))
-    return samples
+        raise InputError(f"{root}: no Hypersim *rgb_cam_XX_frNNNN.png files under it (with *depth_plane_cam_XX_frNNNN.png "
+                         "beside each): pass the dataset's root folder")
+    return pairs
 
 
-def read_flyingchairs(root: Path, split: str | None = None, split_file: Path | None = None) -> list[FlowSample]:
-    """FlyingChairs NNNNN_img1.ppm, _img2.ppm, _flow.flo; split 'train'/'val' per FlyingChairs_train_val.txt."""
+def load_hypersim(root: Path, item: tuple[Path, Path]) -> DepthSample:
+    """One Hypersim sample from its (rgb, depth) paths."""
+    rgb_path, depth_path = item
+    rgb = _read_rgb(rgb_path)
+    raw = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+        raise InputError(f"{depth_path}: not a single-channel 16-bit depth PNG: use Marigold's preprocessed files")
+    _same_size(depth_path, rgb, raw)
+    depth = raw.astype(np.float32) / 1000.0  # (H, W) millimetres -> metres
+    return DepthSample(rgb, depth, raw > 0, rgb_path.relative_to(root).with_suffix("").as_posix())
+
+
+def read_hypersim(root: Path, split_file: Path | None = None) -> list[DepthSample]:
+    """Hypersim in Marigold's layout: *rgb_cam_XX_frNNNN.png beside *depth_plane_cam_XX_frNNNN.png (uint16 mm)."""
+    return [load_hypersim(Path(root), item) for item in hypersim_items(root, split_file)]
+
+
+def flyingchairs_items(root: Path, split: str | None = None, split_file: Path | None = None) -> list[Path]:
+    """The NNNNN_img1.ppm paths of FlyingChairs (of one split); InputError naming the folder when it holds none."""
     root = _is_dir(root, "FlyingChairs")
     if split is not None and split not in ("train", "val"):
         raise UsageError(f"split={split!r} is not a FlyingChairs split: use 'train' or 'val'")
     found = sorted((int(m.group(1)), p) for p in root.rglob("*_img1.ppm") if (m := _CHAIRS_IMG1.match(p.name)))
     if not found:
-        raise InputError(f"{root}: no FlyingChairs NNNNN_img1.ppm files under it: pass the dataset's root folder")
+        raise InputError(f"{root}: no FlyingChairs NNNNN_img1.ppm files under it (with _img2.ppm and _flow.flo "
+                         "beside each): pass the dataset's root folder")
     if split is not None:
         if split_file is None:
             cands = [root / "FlyingChairs_train_val.txt", root.parent / "FlyingChairs_train_val.txt"]
@@ -166,44 +176,71 @@ def read_flyingchairs(root: Path, split: str | None = None, split_file: Path | N
         want = 1 if split == "train" else 2
         # Line i of the split file tags sample number i (numbering starts at 1).
         found = [(n, p) for n, p in found if 1 <= n <= len(tags) and tags[n - 1] == want]
-    samples = []
-    for n, img1 in found:
+    for _, img1 in found:  # an incomplete folder fails here, naming the first missing file
         stem = img1.name[: -len("_img1.ppm")]
-        img2, flo = img1.with_name(f"{stem}_img2.ppm"), img1.with_name(f"{stem}_flow.flo")
-        rgb1, rgb2, flow = _read_rgb(img1), _read_rgb(img2), read_flo(flo)
-        _same_size(img2, rgb1, rgb2)
-        _same_size(flo, rgb1, flow)
-        # FlyingChairs has flow everywhere; the check only guards against corrupt values.
-        valid = np.isfinite(flow).all(axis=2) & (np.abs(flow) < 1e9).all(axis=2)  # (H, W)
-        samples.append(FlowSample(rgb1, rgb2, flow, valid, img1.relative_to(root).parent.joinpath(stem).as_posix()))
-    return samples
+        for other in (img1.with_name(f"{stem}_img2.ppm"), img1.with_name(f"{stem}_flow.flo")):
+            if not other.is_file():
+                raise InputError(f"{other}: missing beside {img1.name} in {img1.parent}: add it or remove the image")
+    return [p for _, p in found]
+
+
+def load_flyingchairs(root: Path, img1: Path) -> FlowSample:
+    """One FlyingChairs sample from its NNNNN_img1.ppm path."""
+    stem = img1.name[: -len("_img1.ppm")]
+    img2, flo = img1.with_name(f"{stem}_img2.ppm"), img1.with_name(f"{stem}_flow.flo")
+    rgb1, rgb2, flow = _read_rgb(img1), _read_rgb(img2), read_flo(flo)
+    _same_size(img2, rgb1, rgb2)
+    _same_size(flo, rgb1, flow)
+    # FlyingChairs has flow everywhere; the check only guards against corrupt values.
+    valid = np.isfinite(flow).all(axis=2) & (np.abs(flow) < 1e9).all(axis=2)  # (H, W)
+    return FlowSample(rgb1, rgb2, flow, valid, img1.relative_to(root).parent.joinpath(stem).as_posix())
+
+
+def read_flyingchairs(root: Path, split: str | None = None, split_file: Path | None = None) -> list[FlowSample]:
+    """FlyingChairs NNNNN_img1.ppm, _img2.ppm, _flow.flo; split 'train'/'val' per FlyingChairs_train_val.txt."""
+    return [load_flyingchairs(Path(root), p) for p in flyingchairs_items(root, split, split_file)]
+
+
+def pix2gestalt_items(root: Path, need_whole_rgb: bool = False) -> list[str]:
+    """The sample numbers N of pix2gestalt (occlusion/N_occlusion.png); InputError naming what is missing."""
+    root = _is_dir(root, "pix2gestalt")
+    occ_dir = root / "occlusion"
+    found = sorted(m.group(1) for p in occ_dir.glob("*_occlusion.png") if (m := _P2G_OCCLUSION.match(p.name)))
+    if not found:
+        raise InputError(f"{root}: no occlusion/N_occlusion.png files: pass the pix2gestalt root folder")
+    for n in found:
+        need = [root / "visible_object_mask" / f"{n}_visible_mask.png", root / "whole_mask" / f"{n}_whole_mask.png"]
+        need += [root / "whole" / f"{n}_whole.png"] if need_whole_rgb else []
+        for p in need:
+            if not p.is_file():
+                raise InputError(f"{p}: missing for {n}_occlusion.png in {root}: add it or remove the image")
+    return found
+
+
+def load_pix2gestalt(root: Path, n: str) -> AmodalSample:
+    """One pix2gestalt sample by its number."""
+    occ = root / "occlusion" / f"{n}_occlusion.png"
+    rgb = _read_rgb(occ)
+    vis_path = root / "visible_object_mask" / f"{n}_visible_mask.png"
+    whole_path = root / "whole_mask" / f"{n}_whole_mask.png"
+    for p in (vis_path, whole_path):
+        if not p.is_file():
+            raise InputError(f"{p}: missing mask for {occ.name}: add it or remove the image")
+    visible, whole = _read_mask(vis_path), _read_mask(whole_path)
+    _same_size(vis_path, rgb, visible)
+    _same_size(whole_path, rgb, whole)
+    whole_rgb_path = root / "whole" / f"{n}_whole.png"
+    whole_rgb = None
+    if whole_rgb_path.is_file():
+        whole_rgb = _read_rgb(whole_rgb_path)
+        _same_size(whole_rgb_path, rgb, whole_rgb)
+    return AmodalSample(rgb, visible, whole, whole_rgb, n)
 
 
 def read_pix2gestalt(root: Path) -> list[AmodalSample]:
     """pix2gestalt: occlusion/N_occlusion.png with visible_object_mask/, whole_mask/ and (optional) whole/."""
-    root = _is_dir(root, "pix2gestalt")
-    occ_dir = root / "occlusion"
-    found = sorted((m.group(1), p) for p in occ_dir.glob("*_occlusion.png") if (m := _P2G_OCCLUSION.match(p.name)))
-    if not found:
-        raise InputError(f"{root}: no occlusion/N_occlusion.png files: pass the pix2gestalt root folder")
-    samples = []
-    for n, occ in found:
-        rgb = _read_rgb(occ)
-        vis_path = root / "visible_object_mask" / f"{n}_visible_mask.png"
-        whole_path = root / "whole_mask" / f"{n}_whole_mask.png"
-        for p in (vis_path, whole_path):
-            if not p.is_file():
-                raise InputError(f"{p}: missing mask for {occ.name}: add it or remove the image")
-        visible, whole = _read_mask(vis_path), _read_mask(whole_path)
-        _same_size(vis_path, rgb, visible)
-        _same_size(whole_path, rgb, whole)
-        whole_rgb_path = root / "whole" / f"{n}_whole.png"
-        whole_rgb = None
-        if whole_rgb_path.is_file():
-            whole_rgb = _read_rgb(whole_rgb_path)
-            _same_size(whole_rgb_path, rgb, whole_rgb)
-        samples.append(AmodalSample(rgb, visible, whole, whole_rgb, n))
-    return samples
+    root = Path(root)
+    return [load_pix2gestalt(root, n) for n in pix2gestalt_items(root)]
 
 
 def detect_dataset(root: Path) -> str:

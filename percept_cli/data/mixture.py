@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -143,17 +144,106 @@ def sample_batch(
     labels = np.array([table[k][1] if k in table else NULL_LABEL for k in names], np.int64)
     for kind in dict.fromkeys(names):  # each kind once, in order of first appearance
         rows = np.flatnonzero(name_arr == kind)
-        i, f = idx[rows], flips[rows]
-
-        def take(field: str) -> np.ndarray:  # (n, H, W, ...) rows of this group, mirrored where f
-            got = getattr(pool, field)[i]
-            got[f] = got[f][:, :, ::-1]
-            return got
-
-        rgb = take("rgb")
-        if kind == "generate":
-            cond[rows], target[rows] = 0.0, to_unit(rgb)
-            continue
-        cond[rows, :3] = to_unit(rgb)
-        cond[rows, 3:], target[rows] = table[kind][0].train_pair(kind, take, f, flow_scale)
+        fill_rows(pool, kind, idx[rows], flips[rows], rows, cond, target, flow_scale)
     return cond, target, labels, names
+
+
+def fill_rows(pool: Any, kind: str, idx: np.ndarray, flips: np.ndarray, rows: np.ndarray, cond: np.ndarray,
+              target: np.ndarray, flow_scale: tuple[float, float], crops: np.ndarray | None = None,
+              size: int | None = None) -> None:
+    """Write cond[rows], target[rows] for pool items `idx` of one batch kind, mirrored where `flips`.
+
+    crops: (n, 2) top-left corners of a size x size window of each item (None: the whole item). A crop
+    keeps flow in pixels (a window moves no vector); a flip mirrors the window and negates u (the task).
+    """
+    table = kinds()
+
+    def take(name: str) -> np.ndarray:  # (n, H, W, ...) rows of this group, cropped, mirrored where flips
+        got = getattr(pool, name)[idx]
+        if crops is not None:
+            got = np.stack([g[y:y + size, x:x + size] for g, (y, x) in zip(got, crops)])
+        got[flips] = got[flips][:, :, ::-1]
+        return got
+
+    rgb = take("rgb")
+    if kind == "generate":
+        cond[rows], target[rows] = 0.0, to_unit(rgb)
+        return
+    cond[rows, :3] = to_unit(rgb)
+    cond[rows, 3:], target[rows] = table[kind][0].train_pair(kind, take, flips, flow_scale)
+
+
+class ArrayPool:
+    """A dataset's training items as arrays stacked along the first axis, holding only its task's fields
+    (a depth set: rgb, depth, valid; flow: rgb, rgb2, flow; amodal: rgb, visible, whole_rgb)."""
+
+    def __init__(self, **fields: np.ndarray):
+        self.fields = fields
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        fields = self.__dict__.get("fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"this dataset has no {name!r} field (it has {', '.join(fields)})")
+
+    def __len__(self) -> int:
+        return len(self.fields["rgb"])
+
+
+@dataclass
+class Source:
+    """One entry of the training mixture: items (a pool), the batch kinds drawn from it, and its weight."""
+
+    name: str
+    pool: Any  # ScenePool | ArrayPool, items stored at `stored` x `stored`
+    kinds: dict[str, float]  # {batch kind: weight within this source}
+    weight: float
+    stored: int  # item side; > the training size: random size x size crops
+    identity: dict = field(default_factory=dict)  # what the latent cache keys on
+
+
+@dataclass
+class Draw:
+    """The random choices of one batch: per row its source, kind, item, flip and crop corner."""
+
+    source: np.ndarray  # (B,) int
+    kinds: list[str]
+    idx: np.ndarray  # (B,) int
+    flips: np.ndarray  # (B,) bool
+    crops: np.ndarray  # (B, 2) int: top-left (y, x)
+
+
+def draw(sources: list[Source], rng: np.random.Generator, batch: int, size: int) -> Draw:
+    """The choices of one batch, a pure function of rng's state: source by weight, then kind by its
+    weight within the source, item, flip (p = 1/2) and crop corner uniformly."""
+    w = np.array([s.weight for s in sources], np.float64)
+    src = rng.choice(len(sources), size=batch, p=w / w.sum())
+    u_kind, u_idx, flips, u_crop = rng.random(batch), rng.random(batch), rng.random(batch) < 0.5, rng.random((batch, 2))
+    names, idx, crops = [], np.empty(batch, np.int64), np.zeros((batch, 2), np.int64)
+    for r, s in enumerate(src):
+        source = sources[s]
+        kw = np.array(list(source.kinds.values()), np.float64)
+        k = min(int(np.searchsorted(np.cumsum(kw / kw.sum()), u_kind[r], side="right")), len(kw) - 1)
+        names.append(list(source.kinds)[k])
+        idx[r] = min(int(u_idx[r] * len(source.pool)), len(source.pool) - 1)
+        crops[r] = np.floor(u_crop[r] * (source.stored - size + 1)).astype(np.int64)
+    return Draw(src, names, idx, flips, crops)
+
+
+def sample_mixture(sources: list[Source], rng: np.random.Generator, batch: int, size: int,
+                   flow_scale: tuple[float, float], out: tuple[np.ndarray, np.ndarray] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A batch from a weighted mixture of sources: cond (B, 6, size, size), target (B, 3, size, size), labels, kinds."""
+    d = draw(sources, rng, batch, size)
+    table = kinds()
+    cond, target = out if out is not None else (np.empty((batch, 6, size, size), np.float32),
+                                                np.empty((batch, 3, size, size), np.float32))
+    labels = np.array([table[k][1] if k in table else NULL_LABEL for k in d.kinds], np.int64)
+    groups = np.array([f"{s}/{k}" for s, k in zip(d.source, d.kinds)])
+    for group in dict.fromkeys(groups):
+        rows = np.flatnonzero(groups == group)
+        source = sources[d.source[rows[0]]]
+        crop = source.stored > size
+        fill_rows(source.pool, d.kinds[rows[0]], d.idx[rows], d.flips[rows], rows, cond, target, flow_scale,
+                  d.crops[rows] if crop else None, size)
+    return cond, target, labels, d.kinds

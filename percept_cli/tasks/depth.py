@@ -48,7 +48,13 @@ class Depth(Task):
         return np.ones(image.shape[:-3] + (3,) + image.shape[-3:-1], np.float32)  # valid mask {0, 1}: all valid
 
     def train_pair(self, kind, scene, flipped, flow_scale):
-        return self.prompt(scene("rgb"), None), depth_target(scene("depth"))
+        depth = scene("depth")
+        try:
+            valid = scene("valid")  # a real dataset (Hypersim): pixels with ground truth
+        except AttributeError:  # rendered scenes: valid everywhere
+            return self.prompt(scene("rgb"), None), depth_target(depth)
+        # official: the prompt is the valid mask in {0, 1}; quantiles over valid pixels only
+        return gray3(valid.astype(np.float32)), np.stack([depth_target(d, v) for d, v in zip(depth, valid)])
 
     def decode(self, decoded, config):
         return (decoded[0].mean(axis=1) + 1.0) / 2.0  # (E, h, w), near = 0
