@@ -32,6 +32,7 @@ app = typer.Typer(
 _MODEL = "Model settings (unset: the checkpoint's defaults)"
 _OUT = "Output"
 _IN = "Inputs"
+_DEPTH = "Depth outputs (docs/outputs.md)"
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", show_default=False, rich_help_panel=_MODEL,
@@ -63,16 +64,24 @@ DtypeOpt = Annotated[str, typer.Option(
 FitOpt = Annotated[Optional[str], typer.Option(
     "--fit", show_default=False, rich_help_panel=_MODEL,
     help="How a non-square input meets the square processing grid: stretch (squash it, as the official "
-         "script) or pad (letterbox with replicated edges, predict, crop back; keeps the aspect ratio). "
-         "[default: stretch]")]
+         "script), pad (letterbox with replicated edges, predict, crop back; keeps the aspect ratio) or, for "
+         "depth, tile (the whole image for the layout plus overlapping crops at the model's resolution for "
+         "detail, aligned and blended; see docs/large-images.md). [default: stretch]")]
+TilesOpt = Annotated[Optional[int], typer.Option(
+    "--tiles", show_default=False, rich_help_panel=_MODEL,
+    help="--fit tile: square crops across the image's short side (more = finer detail, slower). [default: 2]")]
+BackwardOpt = Annotated[bool, typer.Option(
+    "--backward", rich_help_panel=_OUT,
+    help="Also predict B -> A: NAME.flow.backward.flo and NAME.flow.occlusion.png (forward-backward "
+         "consistency, 255 = occluded).")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", rich_help_panel=_MODEL, help="torch.compile the model (GPU speed-up; the first batch compiles).")]
 OutputOpt = Annotated[Path, typer.Option(
     "--output", "-o", rich_help_panel=_OUT, help="Output folder; folder inputs mirror their sub-folders in it.")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", show_default=False, rich_help_panel=_OUT,
-    help="Comma list of formats to write, or all (depth: npy,png16,color; flow: flo,png,npy; "
-         "amodal: png,npy,overlay). [default: all]")]
+    help="Comma list of formats to write, or all (depth: npy,png16,color, and ply, exr when named; flow: flo,png,npy; "
+         "amodal: png,npy,overlay,rgba). [default: all]")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", rich_help_panel=_OUT,
     help="Predict again and replace existing outputs. Without it, inputs whose outputs all exist are skipped.")]
@@ -117,14 +126,31 @@ def depth(
         show_default=False, help="Images, folders, glob patterns, videos, or '-' to read paths from stdin.")],
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    fit: FitOpt = None,
+    fit: FitOpt = None, tiles: TilesOpt = None,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,
     recursive: RecursiveOpt = False, every: EveryOpt = 1, max_frames: MaxFramesOpt = None,
     temporal: TemporalOpt = True,
+    colormap: Annotated[Optional[str], typer.Option(
+        "--colormap", show_default=False, rich_help_panel=_DEPTH,
+        help="Colours of NAME.depth.color.png and the .mp4: inferno, spectral, turbo or gray (near = bright/warm). "
+             "[default: inferno]")] = None,
+    fov: Annotated[Optional[float], typer.Option(
+        "--fov", show_default=False, rich_help_panel=_DEPTH,
+        help="--format ply: horizontal field of view in degrees. [default: the image's EXIF focal length, else 60]")]
+    = None,
+    max_uncertainty: Annotated[Optional[float], typer.Option(
+        "--max-uncertainty", show_default=False, rich_help_panel=_DEPTH,
+        help="--format ply: drop points whose ensemble uncertainty is above this (needs --ensemble > 1).")] = None,
+    align: Annotated[Optional[Path], typer.Option(
+        "--align", show_default=False, rich_help_panel=_DEPTH,
+        help="Known depths, lines 'x y metres' (pixel column, row): fit scale and shift robustly, write "
+             "NAME.depth.metric.npy (metres) and make the ply metric. One file for every input, or a folder of "
+             "NAME.txt per input.")] = None,
 ) -> None:
-    """Predict depth: NAME.depth.npy (float32, 0 = near), NAME.depth.png (16-bit), NAME.depth.color.png.
+    """Predict depth: NAME.depth.npy (float32, 0 = near), NAME.depth.png (16-bit), NAME.depth.color.png;
+    --format ply (point cloud), exr (float); --align for metres. See docs/outputs.md.
 
     Example: percept depth photos/ -r -o out/ --steps 10 --ensemble 4
     """
@@ -139,7 +165,7 @@ def flow(
     list_file: ListOpt = None,
     model: ModelOpt = None, steps: StepsOpt = None, ensemble: EnsembleOpt = None, schedule: ScheduleOpt = None,
     seed: SeedOpt = 0, resolution: ResolutionOpt = None, batch_size: BatchSizeOpt = None,
-    fit: FitOpt = None,
+    fit: FitOpt = None, backward: BackwardOpt = False,
     device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", reduction: ReductionOpt = None, compile: CompileOpt = False,
     output: OutputOpt = Path("percept-out"), format: FormatOpt = None, overwrite: OverwriteOpt = False,
     json: JsonOpt = False, quiet: QuietOpt = False,

@@ -92,11 +92,22 @@ def point_cloud(
 # -- PLY -----------------------------------------------------------------------------------------
 
 
+def _plyfile():
+    """(PlyData, PlyElement) from the optional plyfile package; UsageError naming the extra when missing."""
+    try:
+        from plyfile import PlyData, PlyElement
+    except ImportError:
+        from percept_cli.errors import UsageError
+
+        raise UsageError("--format ply needs the plyfile package: pip install 'percept-cli[ply]'") from None
+    return PlyData, PlyElement
+
+
 def ply_bytes(points: np.ndarray, colors: np.ndarray, uncertainty: np.ndarray | None = None) -> bytes:
     """A binary little-endian PLY: x y z float32, red green blue uchar, [uncertainty float32]."""
     import io
 
-    from plyfile import PlyData, PlyElement
+    PlyData, PlyElement = _plyfile()
 
     fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
     if uncertainty is not None:
@@ -113,8 +124,7 @@ def ply_bytes(points: np.ndarray, colors: np.ndarray, uncertainty: np.ndarray | 
 
 def read_ply(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The vertex properties of a PLY file, by name."""
-    from plyfile import PlyData
-
+    PlyData, _ = _plyfile()
     data = PlyData.read(str(path))
     v = data["vertex"].data
     return {name: np.asarray(v[name]) for name in v.dtype.names}
@@ -123,8 +133,8 @@ def read_ply(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 # -- metric alignment (--align) ----------------------------------------------------------------
 
 
-def read_align_points(path: str | os.PathLike[str], width: int, height: int) -> np.ndarray:
-    """(N, 3) float64 rows (x, y, depth metres) from a text file of `x y depth` lines ('#' comments)."""
+def parse_align_points(path: str | os.PathLike[str]) -> np.ndarray:
+    """(N, 3) float64 rows (x, y, depth metres) from a text file of `x y depth` lines ('#' comments), N >= 2."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -140,14 +150,29 @@ def read_align_points(path: str | os.PathLike[str], width: int, height: int) -> 
             x, y, d = (float(t) for t in parts)
         except ValueError:
             raise InputError(f"--align {p}, line {n}: expected 'x y depth' (pixel column, row, metres), got {line!r}")
-        if not (0 <= x < width and 0 <= y < height):
-            raise InputError(f"--align {p}, line {n}: point ({x:g}, {y:g}) is outside the {width}x{height} image")
         if not (np.isfinite(d) and d > 0):
             raise InputError(f"--align {p}, line {n}: depth {d:g} must be a positive number of metres")
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(f"--align {p}, line {n}: the pixel position must be finite, got {line!r}")
         rows.append((x, y, d))
     if len(rows) < 2:
         raise InputError(f"--align {p}: {len(rows)} point(s); at least 2 known depths are needed to fit scale and shift")
     return np.array(rows, np.float64)
+
+
+def check_points_inside(points: np.ndarray, width: int, height: int, name: str = "--align") -> None:
+    """InputError naming the first (x, y) point outside a width x height image."""
+    for x, y, _ in points:
+        if not (0 <= x < width and 0 <= y < height):
+            raise InputError(f"{name}: point ({x:g}, {y:g}) is outside the {width}x{height} image; "
+                             "x is the pixel column (0..width-1), y the row")
+
+
+def read_align_points(path: str | os.PathLike[str], width: int, height: int) -> np.ndarray:
+    """parse_align_points, then every point checked to lie inside a width x height image."""
+    points = parse_align_points(path)
+    check_points_inside(points, width, height, f"--align {Path(path)}")
+    return points
 
 
 def fit_scale_shift(pred: np.ndarray, target: np.ndarray, name: str = "--align") -> tuple[float, float, np.ndarray]:

@@ -74,7 +74,9 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"  # bf16 where the device runs it fast, else fp32 (dtypes.resolve_dtype)
     reduction: str | None = None
-    fit: str | None = None  # stretch | pad (pipeline.FITS)
+    fit: str | None = None  # stretch | pad | tile (pipeline.FITS; tile: tasks with a blend rule, depth)
+    tiles: int | None = None  # fit=tile: crops across the short side (None: the checkpoint's, else 2)
+    backward: bool = False  # flow: also B -> A, NAME.flow.backward.flo and NAME.flow.occlusion.png
     compile: bool = False  # torch.compile the denoiser (GPUs)
     output: Path = Path("percept-out")
     format: str | None = None  # comma list; None = every format of the task
@@ -85,6 +87,10 @@ class Options:
     every: int = 1
     max_frames: int | None = None
     temporal: bool = True  # videos: the task's per-video state links frames (depth aligned); False = independent
+    colormap: str | None = None  # depth: colour map of NAME.depth.color.png and the .mp4 (writers.DEPTH_COLORMAPS)
+    fov: float | None = None  # depth ply: horizontal field of view in degrees (None: EXIF, else 60)
+    max_uncertainty: float | None = None  # depth ply: drop points whose uncertainty is above it
+    align: Path | None = None  # depth: 'x y depth' file (or folder of NAME.txt) -> NAME.depth.metric.npy
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Job:
     outputs: list[Path] = field(default_factory=list)
     viz: np.ndarray | None = None  # this frame of the video's .mp4
     seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # the task's --json fields (Task.record)
 
 
 @dataclass
@@ -151,11 +158,22 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
     check_dtype(opts.dtype)
     if opts.reduction is not None and opts.reduction not in REDUCTIONS:
         raise UsageError(f"--reduction must be mean or median, got {opts.reduction!r}")
-    if opts.fit is not None and opts.fit not in ("stretch", "pad"):
-        raise UsageError(f"--fit must be stretch or pad, got {opts.fit!r}")
+    if opts.fit is not None and opts.fit not in ("stretch", "pad", "tile"):
+        raise UsageError(f"--fit must be stretch, pad or tile, got {opts.fit!r}")
+    if opts.fit == "tile" and not spec.tileable:
+        raise UsageError(f"--fit tile is for depth: {task} has no rule to blend overlapping crops "
+                         "(a crop's flow or mask cannot be fitted to its neighbours); use --fit pad or stretch")
+    if opts.tiles is not None and opts.tiles < 1:
+        raise UsageError(f"--tiles must be at least 1, got {opts.tiles}")
+    backward = tuple(getattr(spec, "backward_formats", ()))  # files --backward adds (flow)
+    if opts.backward and not backward:
+        raise UsageError(f"--backward is for flow (B -> A and occlusion); {task} has no backward direction")
     if opts.schedule is not None:
         parse_schedule(opts.schedule)
-    return spec.parse_formats(opts.format or "all")
+    formats = spec.parse_formats(opts.format or "all")
+    if asked := [f for f in formats if f in backward and not opts.backward]:
+        raise UsageError(f"--format {','.join(asked)}: written with --backward; add --backward")
+    return formats + tuple(f for f in backward if opts.backward and f not in formats)
 
 
 def max_resolution() -> int:
@@ -259,6 +277,7 @@ class _Run:
     def plan(self, inputs: list[str], mask: str | None, list_file: str | None, stdin: TextIO | None) -> Plan:
         """Check values, expand inputs (unusable ones fail alone), take this rank's shard, decide what is done."""
         self.formats = check_options(self.task, self.opts)
+        self.spec = self.spec.configure(self.opts, self.console.note)  # the task's own options (depth: --align...)
         problems: list[media.Problem] = []
         sources = collect_sources(self.task, inputs, self.opts, mask, list_file, stdin, problems)
         if not sources and len(problems) == 1:
@@ -407,7 +426,8 @@ class _Run:
         o = self.opts
         self.settings = self.predictor.settings(self.task, steps=o.steps, ensemble=o.ensemble, schedule=o.schedule,
                                                 seed=o.seed, resolution=o.resolution, batch_size=o.batch_size,
-                                                reduction=o.reduction, fit=o.fit)
+                                                reduction=o.reduction, fit=o.fit, tiles=o.tiles,
+                                                backward=o.backward)
         self.device = str(device)
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -503,7 +523,13 @@ class _Run:
             state = self.states.get(job.source) if job.source.video else None
             if state is not None:  # results come in input order, so a video's frames reach its state in order
                 result = state.result(result)
-            job.outputs = self.spec.write(self.out / job.rel, result, job.item, self.formats, self.opts.overwrite)
+            try:  # a task may refuse a result (depth: an --align fit that fails); that input fails alone
+                job.outputs = self.spec.write(self.out / job.rel, result, job.item, self.formats, self.opts.overwrite)
+            except InputError as e:
+                job.status, job.error, job.item, items[i] = "failed", str(e), None, None
+                yield job  # finish() counts it
+                continue
+            job.extra = self.spec.record(self.out / job.rel)
             if state is not None:
                 job.viz = state.visualise(result, job.item)
             job.status, job.item, items[i] = "ok", None, None  # the predictor's own references go with its cache
@@ -584,7 +610,7 @@ class _Run:
             "settings": None if self.settings is None or job.status == "skipped" else
             self.settings.as_dict() | {"device": self.device, "dtype": self.predictor.dtype_name},
             "rank": self.rank,
-        }
+        } | job.extra
 
     # -- 6. report --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Every output primitive, each file written atomically (temp name in the same folder, then rename).
 
-Task-free: atomic files and stale temps, .npy, 16-bit and 8-bit PNG, Middlebury .flo, colour maps
-(depth, uncertainty, the flow wheel, mask overlays) and the .mp4 VideoWriter. Which files a task
+Task-free: atomic files and stale temps, .npy, 16-bit and 8-bit PNG, OpenEXR, Middlebury .flo, colour maps
+(depth with --colormap, uncertainty, the flow wheel, mask overlays) and the .mp4 VideoWriter. Which files a task
 writes, and their names (NAME.TASK.FORMAT beside the input's stem), live in its module (tasks/).
 """
 
@@ -272,26 +272,119 @@ def _colormap(values01: np.ndarray, cmap: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.applyColorMap(u8, cmap)[..., ::-1])
 
 
-def colorize_depth(depth01: np.ndarray) -> np.ndarray:
-    """Depth in [0, 1] (0 = near) -> (H, W, 3) uint8 RGB with inferno: near bright yellow, far black."""
+DEPTH_COLORMAPS = ("inferno", "spectral", "turbo", "gray")  # --colormap names; near is the bright/warm end
+
+
+def check_colormap(name: str) -> str:
+    """The canonical --colormap name (case-insensitive); UsageError naming the choices."""
+    key = str(name).strip().lower()
+    if key not in DEPTH_COLORMAPS:
+        raise UsageError(f"--colormap {name!r} is not a depth colour map; choose from {', '.join(DEPTH_COLORMAPS)}")
+    return key
+
+
+def colorize_depth(depth01: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """Depth in [0, 1] (0 = near) -> (H, W, 3) uint8 RGB; near is the bright or warm end of every map.
+
+    inferno (default; perceptually uniform, prints in gray): near pale yellow, far black. turbo: near red,
+    far dark blue. spectral (Marigold's): near red, far violet, through diffusers' MarigoldImageProcessor
+    (its import is slow, so only for this map). gray: near white, far black.
+    """
     import cv2
 
     depth01 = np.asarray(depth01)
     if depth01.ndim != 2:
         raise ValueError(f"colorize_depth needs depth (H, W), got shape {depth01.shape}")
-    # Inferno is perceptually uniform and prints in gray; inverted so that near objects stand out.
-    return _colormap(1.0 - depth01, cv2.COLORMAP_INFERNO)
+    name = check_colormap(colormap)
+    if name == "spectral":
+        from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+
+        values = np.clip(np.nan_to_num(depth01.astype(np.float32)), 0.0, 1.0)
+        return np.ascontiguousarray(MarigoldImageProcessor.colormap(values, "Spectral", bytes=True), dtype=np.uint8)
+    if name == "gray":
+        u8 = np.round(np.clip(np.nan_to_num(1.0 - depth01.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.repeat(u8[..., None], 3, axis=2)
+    cmap = {"inferno": cv2.COLORMAP_INFERNO, "turbo": cv2.COLORMAP_TURBO}[name]
+    return _colormap(1.0 - depth01, cmap)
 
 
 def colorize_uncertainty(uncertainty: np.ndarray, vmax: float | None = None) -> np.ndarray:
-    """Uncertainty (H, W) >= 0 -> (H, W, 3) uint8 RGB with viridis, scaled by vmax (default: its max)."""
+    """Uncertainty (H, W) >= 0 -> (H, W, 3) uint8 RGB with viridis, scaled by vmax.
+
+    vmax defaults to the 95th percentile (the largest value when that is 0), so that a few outliers do not
+    wash the map out: the top 5% saturate.
+    """
     import cv2
 
     u = np.nan_to_num(np.asarray(uncertainty, dtype=np.float32))
     if u.ndim != 2:
         raise ValueError(f"colorize_uncertainty needs (H, W), got shape {u.shape}")
-    top = float(u.max()) if vmax is None else float(vmax)
+    if vmax is None:
+        top = float(np.percentile(u, 95)) if u.size else 0.0
+        top = top if top > 0 else float(u.max(initial=0.0))
+    else:
+        top = float(vmax)
     return _colormap(u / top if top > 0 else np.zeros_like(u), cv2.COLORMAP_VIRIDIS)
+
+
+# ----------------------------------------------------------------------------- OpenEXR (float depth)
+
+
+def exr_available() -> bool:
+    """Whether write_exr can run: the OpenEXR bindings, or an OpenCV built with OpenEXR."""
+    try:
+        import OpenEXR  # noqa: F401
+        return True
+    except ImportError:
+        import cv2
+
+        return bool(cv2.haveImageWriter(".exr"))
+
+
+def write_exr(path: str | os.PathLike[str], channels: dict[str, np.ndarray]) -> Path:
+    """Write (H, W) float32 channels ({"Z": depth, ...}) as one scanline OpenEXR file (ZIP), atomically.
+
+    OpenCV writes EXR only where it was built with OpenEXR (cv2.haveImageWriter('.exr'); the PyPI wheels are
+    not), so this uses the OpenEXR bindings (pip install 'percept-cli[exr]'), else OpenCV for a single channel.
+    """
+    arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in channels.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"write_exr needs (H, W) channels of one shape, got {sorted(shapes)}")
+    path = Path(path)
+    try:
+        import OpenEXR
+    except ImportError:
+        OpenEXR = None
+    if OpenEXR is None:
+        import cv2
+
+        if len(arrays) != 1 or not cv2.haveImageWriter(".exr"):
+            raise OutputError(f"cannot write '{path.name}': EXR needs the OpenEXR package; "
+                              "pip install 'percept-cli[exr]' (or drop exr from --format)")
+        ok, buf = cv2.imencode(".exr", next(iter(arrays.values())))
+        if not ok:
+            raise OutputError(f"cannot encode '{path}' as EXR; report this as a bug")
+        return write_bytes(path, buf.tobytes())
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with atomic_path(path) as tmp:
+        with OpenEXR.File(header, arrays) as f:
+            f.write(str(tmp))
+    return path
+
+
+def read_exr(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The float channels of an EXR file written by write_exr, by name."""
+    path = Path(path)
+    try:
+        import OpenEXR
+    except ImportError:
+        raise InputError(f"cannot read '{path}': EXR needs the OpenEXR package; pip install 'percept-cli[exr]'") from None
+    try:
+        with OpenEXR.File(str(path)) as f:
+            return {name: np.array(ch.pixels, dtype=np.float32) for name, ch in f.channels().items()}
+    except Exception as e:  # the bindings raise RuntimeError or their own errors on corrupt files
+        raise InputError(f"cannot read '{path}' as EXR ({e}); re-export it") from None
 
 
 def check_flow(flow: np.ndarray) -> np.ndarray:

@@ -88,7 +88,7 @@ def test_align_file_parsing_and_errors(tmp_path):
     f.write_text("# x y depth\n10 5 2.5\n20,30,4.0\n\n")
     np.testing.assert_array_equal(G.read_align_points(f, 64, 48), [[10, 5, 2.5], [20, 30, 4.0]])
     f.write_text("10 5 2.5\n100 5 3\n")
-    with pytest.raises(InputError, match=r"line 2: point \(100, 5\) is outside the 64x48 image"):
+    with pytest.raises(InputError, match=r"point \(100, 5\) is outside the 64x48 image"):
         G.read_align_points(f, 64, 48)
     f.write_text("10 5 2.5\n")
     with pytest.raises(InputError, match="1 point"):

@@ -40,6 +40,7 @@ class ToInput:
 
     resize: Callable[[np.ndarray], np.ndarray]  # (h, w[, C]) -> (H, W[, C])
     scale: tuple[float, float]  # (x, y)
+    extra: np.ndarray | None = None  # the input's second input at its size (amodal: the visible mask)
 
 
 def to_unit(rgb: np.ndarray) -> np.ndarray:
@@ -110,6 +111,15 @@ class Task:
     def formats(self) -> tuple[str, ...]:
         return tuple(fmt for fmt, _ in self.names)
 
+    def configure(self, opts: Any, note: Callable[[str], None] | None = None) -> "Task":
+        """This task with a run's task-specific options (run.Options; depth: --colormap, --fov, --align...);
+        `note` says one line on stderr. UsageError for a bad value. The default takes none."""
+        return self
+
+    def record(self, stem: Path) -> dict[str, Any]:
+        """Extra --json fields for the result just written at `stem` (depth: intrinsics, align)."""
+        return {}
+
     def train_kinds(self) -> dict[str, int]:
         """{batch kind: label}."""
         return dict(zip(self.kinds or (self.name,), self.labels))
@@ -166,6 +176,13 @@ class Task:
 
     def finish(self, values: np.ndarray, to_input: ToInput, reduction: str | None, config: dict[str, Any]) -> Any:
         """Ensemble the values, bring them back to the input's size: the task's result dataclass."""
+        raise NotImplementedError
+
+    # fit=tile (pipeline): a task that can blend overlapping crops says so and merges them.
+    tileable: bool = False
+
+    def merge_tiles(self, layout: Any, tiles: list[tuple[tuple[int, int, int, int], Any]]) -> Any:
+        """The whole-image result (the layout) and [((y0, y1, x0, x1), crop result)] -> one result."""
         raise NotImplementedError
 
     # -- outputs ----------------------------------------------------------------------------------
