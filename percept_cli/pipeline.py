@@ -10,7 +10,7 @@ The data path, as numbered steps in `Predictor.predict_iter`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import cv2
@@ -27,10 +27,13 @@ from percept_cli.sampler import ddim_sample, initial_noise
 from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, schedule_warning
 
 # Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
-DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16, fit="stretch")
+DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16, fit="stretch",
+                                tiles=2)
 # How a non-square input meets the square processing grid: stretch = squash it (the official script),
-# pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio).
-FITS = ("stretch", "pad")
+# pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio),
+# tile = the whole image (stretched) for the layout plus overlapping square crops for detail, each crop
+# fitted to its neighbours by scale and shift and blended (tiling.py; tasks with a blend rule: depth).
+FITS = ("stretch", "pad", "tile")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Settings:
     batch_size: int
     reduction: str | None = None
     fit: str = "stretch"  # see FITS
+    tiles: int = 2  # fit=tile: crops across the short side (benchmarks/tiling.py chose the default)
+    backward: bool = False  # flow: also predict B -> A and check forward-backward consistency (occlusion)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +205,8 @@ class Predictor:
         batch_size: int | None = None,
         reduction: str | None = None,
         fit: str | None = None,
+        tiles: int | None = None,
+        backward: bool = False,
     ) -> Settings:
         """Resolve CLI value > checkpoint default > built-in default, and validate each once."""
         if task not in self.tasks:
@@ -227,8 +234,17 @@ class Predictor:
         seed = 0 if seed is None else int(seed)
         fit = str(pick("fit", fit))
         if fit not in FITS:
-            raise UsageError(f"--fit must be stretch or pad, got {fit!r}")
-        return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction, fit)
+            raise UsageError(f"--fit must be stretch, pad or tile, got {fit!r}")
+        spec = T.get_task(task)
+        if fit == "tile" and not spec.tileable:
+            raise UsageError(f"--fit tile is for depth: {task} has no rule to blend overlapping crops "
+                             "(a crop's flow or mask cannot be fitted to its neighbours); use --fit pad or stretch")
+        tiles = int(pick("tiles", tiles))
+        if tiles < 1:
+            raise UsageError(f"--tiles must be at least 1, got {tiles}")
+        if backward and not callable(getattr(spec, "with_backward", None)):
+            raise UsageError(f"--backward is for flow (B -> A and occlusion); {task} has no backward direction")
+        return Settings(steps, ensemble, schedule, seed, resolution, batch_size, reduction, fit, tiles, bool(backward))
 
     def _resolution(self, resolution: int) -> int:
         """The processing resolution, checked against this model's patch grid (and its fixed table)."""
@@ -272,6 +288,9 @@ class Predictor:
         spec = T.get_task(task)
         for item in inputs:  # 1. check inputs once, before any work
             self.check_input(task, item)
+        if settings.fit == "tile" or settings.backward:  # each input is several predictions, combined
+            yield from self._predict_parts(task, inputs, settings, on_step)
+            return
         sample = self._sampler(settings, on_step)
         grid = (settings.resolution, settings.resolution)
         # Rows: (input, label, member); one input's rows are contiguous, so it finishes early.
@@ -292,6 +311,49 @@ class Predictor:
                     members = np.stack(decoded.pop(i)).reshape(len(spec.labels), settings.ensemble, *img.shape)
                     cond_cache.pop(i, None)
                     yield i, self._finish(task, members, inputs[i], settings)
+
+    def _predict_parts(self, task: str, inputs: Sequence[TaskInput], settings: Settings,
+                       on_step: Callable[[int], None] | None) -> Iterator[tuple[int, Any]]:
+        """fit=tile and flow's --backward: each input becomes several inputs to predict (they share batches like
+        any others), combined into one result when its last part is done.
+
+        tile: part 0 is the whole image (stretched to the grid: the layout), then the square crops of
+        tiling.plan_tiles (square, so stretch only resizes them); Task.merge_tiles blends them.
+        backward: parts A -> B and B -> A (with the user's fit); Task.with_backward adds the occlusion.
+        """
+        from percept_cli.tiling import plan_tiles
+
+        spec = T.get_task(task)
+        parts: list[TaskInput] = []
+        owner: list[tuple[int, Any]] = []  # per part: (input index, its tile box | None = layout | direction)
+        for i, item in enumerate(inputs):
+            if settings.fit == "tile":
+                parts.append(item)
+                owner.append((i, None))
+                for box in plan_tiles(*item.image.shape[:2], settings.tiles):
+                    y0, y1, x0, x1 = box
+                    extra = None if item.extra is None else np.ascontiguousarray(item.extra[y0:y1, x0:x1])
+                    parts.append(TaskInput(np.ascontiguousarray(item.image[y0:y1, x0:x1]), extra,
+                                           f"{item.name} tile {box}"))
+                    owner.append((i, box))
+            else:  # backward: the frames swapped
+                parts += [item, TaskInput(item.extra, item.image, f"{item.name} (backward)")]
+                owner += [(i, "forward"), (i, "backward")]
+        left = np.bincount([i for i, _ in owner], minlength=len(inputs))  # parts still to come, per input
+        inner = replace(settings, fit="stretch" if settings.fit == "tile" else settings.fit, backward=False)
+        got: dict[int, dict[int, Any]] = {}
+        for j, res in self.predict_iter(task, parts, inner, on_step):
+            i = owner[j][0]
+            got.setdefault(i, {})[j] = res
+            left[i] -= 1
+            if left[i]:
+                continue
+            done = [(owner[k][1], r) for k, r in sorted(got.pop(i).items())]  # in part order
+            if settings.fit == "tile":  # the layout, then the crops in raster order
+                result = spec.merge_tiles(done[0][1], done[1:])
+            else:
+                result = spec.with_backward(done[0][1], done[1][1])
+            yield i, result
 
     def _sampler(self, settings: Settings, on_step: Callable[[int], None] | None) -> Callable[..., np.ndarray]:
         """Steps 4-6 for one batch: sample(cond (B, 2C, h, w), member indices, labels) -> decoded (B, 3, H, W)."""
@@ -330,5 +392,5 @@ class Predictor:
         """Members (L, E, 3, h, w) at the grid -> the task's result at the input's size."""
         spec, size, grid = T.get_task(task), item.image.shape[:2], members.shape[-2:]
         fit = settings.fit
-        to_input = ToInput(lambda arr: _from_grid(arr, size, fit), _grid_scale(size, grid, fit))
+        to_input = ToInput(lambda arr: _from_grid(arr, size, fit), _grid_scale(size, grid, fit), item.extra)
         return spec.finish(spec.decode(members, self.config), to_input, settings.reduction, self.config)

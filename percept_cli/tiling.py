@@ -50,10 +50,24 @@ def merge_depth_tiles(layout: np.ndarray, tiles: list[tuple[Box, np.ndarray]], r
     consistent model), the first one, or one overlapping nothing yet, to the layout. The crops are then
     averaged with `feather` weights; pixels no crop covers keep the layout.
     """
+    return merge_depth_uncertainty(layout, None, [(box, d, None) for box, d in tiles], ramp)[0]
+
+
+def merge_depth_uncertainty(layout: np.ndarray, layout_unc: np.ndarray | None,
+                            tiles: list[tuple[Box, np.ndarray, np.ndarray | None]], ramp: float = 0.25
+                            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """merge_depth_tiles, carrying uncertainty maps along: (depth (H, W) in [0, 1], uncertainty (H, W) | None).
+
+    A crop's uncertainty (in its depth units) is multiplied by the scale its depth was fitted with and
+    blended with the same weights; pixels no crop covers keep the layout's. Both end in the units of
+    the returned depth. None unless the layout and every crop have one.
+    """
     h, w = layout.shape
+    with_unc = layout_unc is not None and all(u is not None for _, _, u in tiles)
     acc = np.zeros((h, w), np.float64)
     wsum = np.zeros((h, w), np.float64)
-    for (y0, y1, x0, x1), depth in tiles:
+    uacc = np.zeros((h, w), np.float64) if with_unc else None
+    for (y0, y1, x0, x1), depth, unc in tiles:
         if depth.shape != (y1 - y0, x1 - x0):
             raise ValueError(f"tile {(y0, y1, x0, x1)} has depth {depth.shape}, expected {(y1 - y0, x1 - x0)}")
         seen = wsum[y0:y1, x0:x1]  # (h, w) weight of the crops placed so far
@@ -66,6 +80,13 @@ def merge_depth_tiles(layout: np.ndarray, tiles: list[tuple[Box, np.ndarray]], r
         wt = feather(*depth.shape, ramp=ramp)
         acc[y0:y1, x0:x1] += wt * (scale * depth + shift)
         wsum[y0:y1, x0:x1] += wt
+        if with_unc:
+            uacc[y0:y1, x0:x1] += wt * scale * unc
     out = np.where(wsum > 0, acc / np.maximum(wsum, 1e-12), layout)
     lo, hi = out.min(), out.max()
-    return ((out - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+    span = max(hi - lo, 1e-6)
+    merged = ((out - lo) / span).astype(np.float32)
+    if not with_unc:
+        return merged, None
+    unc = np.where(wsum > 0, uacc / np.maximum(wsum, 1e-12), layout_unc) / span
+    return merged, unc.astype(np.float32)

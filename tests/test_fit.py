@@ -112,7 +112,7 @@ def test_fit_default_and_validation():
     pred = Predictor(tiny_dit(), PixelSpace(), SD2_SCHEDULER, CONFIG, device="cpu", dtype="fp32")
     assert pred.settings("depth").fit == "stretch"  # built-in default: the official script's squash
     assert pred.settings("depth", fit="pad").as_dict()["fit"] == "pad"
-    with pytest.raises(UsageError, match="--fit must be stretch or pad"):
+    with pytest.raises(UsageError, match="--fit must be stretch, pad or tile"):
         pred.settings("depth", fit="crop")
     padded = Predictor(tiny_dit(), PixelSpace(), SD2_SCHEDULER, {**CONFIG, "fit": "pad"}, device="cpu", dtype="fp32")
     assert padded.settings("depth").fit == "pad"  # a checkpoint's percept.json may choose
@@ -128,6 +128,6 @@ def test_cli_fit_option(tmp_path):
     for task in ("depth", "flow", "amodal"):
         help_text = CliRunner().invoke(app, [task, "--help"], env={"COLUMNS": "200"}).output
         assert "--fit" in help_text
-    with pytest.raises(UsageError, match="--fit must be stretch or pad"):  # checked before any model is loaded
+    with pytest.raises(UsageError, match="--fit must be stretch, pad or tile"):  # checked before any model is loaded
         run.check_options("depth", run.Options(fit="crop"))
     run.check_options("depth", run.Options(fit="pad"))

@@ -33,7 +33,8 @@ def amodal_target(whole_rgb: np.ndarray) -> np.ndarray:
 
 class Amodal(Task):
     name, labels, extra = "amodal", (1001,), "mask"
-    names = (("png", ".amodal.png"), ("npy", ".amodal.npy"), ("overlay", ".amodal.overlay.png"))
+    names = (("png", ".amodal.png"), ("npy", ".amodal.npy"), ("overlay", ".amodal.overlay.png"),
+             ("rgba", ".amodal.rgba.png"))
     numeric = frozenset({"npy"})
     dataset = "pix2gestalt"
 
@@ -90,13 +91,19 @@ class Amodal(Task):
         soft = amodal_soft(image, threshold)
         unc = None if red.uncertainty is None else to_input.resize(red.uncertainty)
         rgb = np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        return AmodalResult(soft >= 0.5, soft, rgb, unc)
+        mask = soft >= 0.5
+        visible = to_input.extra
+        if visible is not None:  # the whole object includes what is seen: amodal mask >= visible mask
+            visible = np.asarray(visible, bool)
+            mask |= visible
+            soft = np.maximum(soft, visible.astype(np.float32))
+        return AmodalResult(mask, soft.astype(np.float32), rgb, unc)
 
     # -- outputs ------------------------------------------------------------------------------------
 
     def write(self, stem, result, item, formats, overwrite):
         return write_amodal(stem, result.mask, result.soft, item.image, result.uncertainty, formats,
-                            overwrite=overwrite)
+                            overwrite=overwrite, whole=result.image, visible=item.extra)
 
     def visualise(self, result, item):
         from percept_cli.writers import overlay_mask
@@ -145,9 +152,28 @@ def amodal_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], u
     return TASK.outputs(stem, formats, uncertainty)
 
 
+def amodal_rgba(whole: np.ndarray, mask: np.ndarray, image: np.ndarray | None = None,
+                visible: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 4) uint8: the object's completed RGB with alpha = the amodal mask (pix2gestalt's output).
+
+    RGB is the model's whole-object image; where the object is visible (with `image` and `visible`),
+    the input's own pixels, since what is seen needs no completing. Outside the mask alpha is 0.
+    """
+    mask = np.asarray(mask, bool)
+    rgb = np.asarray(whole, np.uint8)
+    check_map(rgb, mask.shape + (3,), "whole")
+    if image is not None and visible is not None:
+        check_map(image, mask.shape + (3,), "image")
+        rgb = np.where(np.asarray(visible, bool)[..., None], image, rgb)
+    return np.dstack([rgb, mask.astype(np.uint8) * 255]).astype(np.uint8)
+
+
 def write_amodal(stem: str | os.PathLike[str], mask: np.ndarray, soft: np.ndarray, image: np.ndarray | None,
-                 uncertainty: np.ndarray | None, formats: str | Sequence[str], overwrite: bool = False) -> list[Path]:
-    """Write the amodal mask (0/255 PNG), its probability (.npy), an overlay on `image`, and uncertainty."""
+                 uncertainty: np.ndarray | None, formats: str | Sequence[str], overwrite: bool = False,
+                 whole: np.ndarray | None = None, visible: np.ndarray | None = None) -> list[Path]:
+    """Write the amodal mask (0/255 PNG), its probability (.npy), an overlay on `image`, the completed object
+    as RGBA (needs `whole`, the (H, W, 3) whole-object image; `visible` keeps the input's seen pixels), and
+    uncertainty."""
     from percept_cli import writers as W
 
     mask = np.asarray(mask, dtype=bool)
@@ -160,9 +186,13 @@ def write_amodal(stem: str | os.PathLike[str], mask: np.ndarray, soft: np.ndarra
         check_map(image, mask.shape + (3,), "image (needed for the overlay format)")
         if image is None:
             raise ValueError("image (H, W, 3) uint8 is needed for the overlay format")
+    if "rgba" in plan and whole is None:
+        raise ValueError("whole (H, W, 3) uint8, the whole-object image (AmodalResult.image), is needed for "
+                         "the rgba format")
     return write_plan(plan, {
         "png": lambda p: W.write_png8(p, mask.astype(np.uint8) * 255),
         "npy": lambda p: W.write_npy(p, np.asarray(soft, np.float32)),
         "overlay": lambda p: W.write_png8(p, W.overlay_mask(np.asarray(image, np.uint8), mask)),
+        "rgba": lambda p: W.write_png8(p, amodal_rgba(whole, mask, image, visible)),
         **uncertainty_writers(uncertainty),
     }, overwrite)

@@ -24,6 +24,34 @@ from percept_cli.tasks.base import Source, Task, TaskInput, check_map, gray3, to
 class FlowResult:
     flow: np.ndarray  # (H, W, 2) float32 forward flow frame 1 -> 2 in input pixels (u right, v down)
     uncertainty: np.ndarray | None  # (H, W) float32 RMS end-point spread of the members, pixels
+    backward: np.ndarray | None = None  # (H, W, 2) float32 flow frame 2 -> 1 (--backward), at frame 2's pixels
+    occlusion: np.ndarray | None = None  # (H, W) bool: frame-1 pixels failing the forward-backward check
+
+
+# Forward-backward consistency (Sundaram, Brox & Keutzer 2010; the UnFlow form, Meister et al. 2018):
+# a frame-1 pixel x is occluded (or its flow wrong) unless
+#     |w_f(x) + w_b(x + w_f(x))|^2 < ALPHA * (|w_f(x)|^2 + |w_b(x + w_f(x))|^2) + BETA   (pixels^2)
+# with w_b sampled bilinearly at x + w_f(x). A pixel whose forward flow leaves the frame has no
+# counterpart in frame 2 and counts as occluded too.
+OCCLUSION_ALPHA, OCCLUSION_BETA = 0.01, 0.5
+
+
+def occlusion_mask(forward: np.ndarray, backward: np.ndarray, alpha: float = OCCLUSION_ALPHA,
+                   beta: float = OCCLUSION_BETA) -> np.ndarray:
+    """(H, W) bool, True = occluded: the forward-backward consistency check on flows (H, W, 2) in pixels."""
+    import cv2
+
+    fw, bw = np.asarray(forward, np.float32), np.asarray(backward, np.float32)
+    if fw.shape != bw.shape or fw.ndim != 3 or fw.shape[2] != 2:
+        raise ValueError(f"forward and backward flow must both be (H, W, 2), got {fw.shape} and {bw.shape}")
+    h, w = fw.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    mx, my = xx + fw[..., 0], yy + fw[..., 1]  # where each frame-1 pixel lands in frame 2
+    bw_at = cv2.remap(bw, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (H, W, 2) w_b(x + w_f)
+    err = np.sum((fw + bw_at) ** 2, axis=-1)
+    bound = alpha * (np.sum(fw ** 2, axis=-1) + np.sum(bw_at ** 2, axis=-1)) + beta
+    outside = (mx < 0) | (mx > w - 1) | (my < 0) | (my > h - 1)
+    return (err >= bound) | outside
 
 
 def flow_targets(flow: np.ndarray, flow_scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +67,9 @@ def _size(img: np.ndarray) -> str:
 
 class Flow(Task):
     name, labels, kinds, extra = "flow", (1002, 1003), ("flow_u", "flow_v"), "frame"
-    names = (("flo", ".flow.flo"), ("png", ".flow.png"), ("npy", ".flow.npy"))
+    names = (("flo", ".flow.flo"), ("png", ".flow.png"), ("npy", ".flow.npy"),
+             ("backward", ".flow.backward.flo"), ("occlusion", ".flow.occlusion.png"))
+    backward_formats = ("backward", "occlusion")  # written with --backward only; not part of 'all'
     numeric = frozenset({"flo", "npy"})
     reduction = "mean"
     dataset = "flyingchairs"
@@ -118,8 +148,26 @@ class Flow(Task):
 
     # -- outputs ------------------------------------------------------------------------------------
 
+    def with_backward(self, forward: FlowResult, backward: FlowResult) -> FlowResult:
+        """--backward: the forward result with the B -> A flow and the occlusion mask of the consistency check."""
+        return FlowResult(forward.flow, forward.uncertainty, backward.flow, occlusion_mask(forward.flow, backward.flow))
+
+    def parse_formats(self, text):
+        forward = ",".join(f for f in self.formats if f not in self.backward_formats)
+        return super().parse_formats(",".join(forward if v.strip().lower() == "all" else v for v in str(text).split(",")))
+
+    def plan(self, stem, formats, uncertainty):
+        """The forward files (and their uncertainty maps) as any task's, then the --backward files."""
+        chosen = self.parse_formats(formats if isinstance(formats, str) else ",".join(formats))
+        forward = [f for f in chosen if f not in self.backward_formats]
+        plan = super().plan(stem, forward, uncertainty) if forward else {}
+        stem = Path(stem)
+        return plan | {fmt: stem.with_name(stem.name + suffix) for fmt, suffix in self.names
+                       if fmt in self.backward_formats and fmt in chosen}
+
     def write(self, stem, result, item, formats, overwrite):
-        return write_flow(stem, result.flow, result.uncertainty, formats, overwrite=overwrite)
+        return write_flow(stem, result.flow, result.uncertainty, formats, overwrite=overwrite,
+                          backward=result.backward, occlusion=result.occlusion)
 
     def visualise(self, result, item):
         from percept_cli.writers import flow_to_color
@@ -175,16 +223,28 @@ def flow_outputs(stem: str | os.PathLike[str], formats: str | Sequence[str], unc
 
 
 def write_flow(stem: str | os.PathLike[str], flow: np.ndarray, uncertainty: np.ndarray | None,
-               formats: str | Sequence[str], overwrite: bool = False) -> list[Path]:
-    """Write forward flow (H, W, 2) in pixels and its uncertainty; existing files are kept unless overwrite."""
+               formats: str | Sequence[str], overwrite: bool = False, backward: np.ndarray | None = None,
+               occlusion: np.ndarray | None = None) -> list[Path]:
+    """Write forward flow (H, W, 2) in pixels and its uncertainty; existing files are kept unless overwrite.
+
+    Formats backward (NAME.flow.backward.flo) and occlusion (NAME.flow.occlusion.png, 0/255, 255 =
+    occluded) need `backward` (H, W, 2) and `occlusion` (H, W) bool (Flow.with_backward gives both).
+    """
     from percept_cli import writers as W
 
     flow = W.check_flow(flow).astype(np.float32)
     check_map(uncertainty, flow.shape[:2], "uncertainty")
+    check_map(backward, flow.shape, "backward")
+    check_map(occlusion, flow.shape[:2], "occlusion")
     plan = TASK.plan(stem, formats, uncertainty is not None)
+    for fmt, arr in (("backward", backward), ("occlusion", occlusion)):
+        if fmt in plan and arr is None:
+            raise ValueError(f"the {fmt} format needs the backward flow: predict with --backward (backward=True)")
     return write_plan(plan, {
         "flo": lambda p: W.write_flo(p, flow),
         "png": lambda p: W.write_png8(p, W.flow_to_color(flow)),
         "npy": lambda p: W.write_npy(p, flow),
+        "backward": lambda p: W.write_flo(p, np.asarray(backward, np.float32)),
+        "occlusion": lambda p: W.write_png8(p, np.asarray(occlusion, bool).astype(np.uint8) * 255),
         **uncertainty_writers(uncertainty),
     }, overwrite)
