@@ -1,8 +1,13 @@
 """One readable training loop: multi-task conditional denoising (or image generation for pre-training).
 
-Single process on a CPU, or DDP under torchrun / accelerate launch (RANK, WORLD_SIZE set; gloo on
+Single process on a CPU, or DDP / FSDP2 (`strategy`) under torchrun (RANK, WORLD_SIZE set; gloo on
 CPU, nccl on GPUs). Checkpoints are our safetensors layout plus `train_state.pt` (optimizer, EMA,
 step, RNG states), so a resumed run continues exactly where it stopped.
+
+Pixel space (the model denoises [-1, 1] images) or latent space: with a VAE (`vae`, or the one of
+the `init` model) every input and target is encoded once to the VAE's latents and cached on disk
+(data/latents.py). Data: rendered scenes, or a weighted mixture of dataset folders and scenes
+(`[[data]]` tables, data/sources.py). A batch is a pure function of (seed, rank, step) either way.
 """
 
 from __future__ import annotations
@@ -45,20 +50,25 @@ class TrainConfig:
     motion_channels: int = 0  # > 0: flow labels also see a correlation of their two frames (models/correlation.py)
     motion_radius: int = 2
     motion_levels: int = 3
-    init: str | None = None  # start from a checkpoint folder in our layout (fine-tuning, upcycled models)
+    init: str | None = None  # start from a model: a weights.lock name (generalist), our folder, an official folder or .pt, a DiT
+    vae: str | None = None  # diffusers AutoencoderKL folder: train in its latent space (default: the init model's vae/)
+    train_only: list[str] = field(default_factory=list)  # parameter groups to train (TRAIN_GROUPS); [] = all
     # data
     stage: str = "perception"  # "perception" (tasks) or "generate" (image generation pre-training)
     resolution: int = 64
     train_scenes: int = 20000  # synthetic seeds 0 .. train_scenes-1
     textures: str | None = None  # folder of photos: render the photo scene style (scripts/get-photos.sh)
     task_weights: dict[str, float] = field(default_factory=lambda: {"depth": 1.0, "amodal": 1.0, "flow_u": 1.0, "flow_v": 1.0})
-    flow_scale: tuple[float, float] = (8.0, 8.0)  # pixels of the processing grid per target unit
+    flow_scale: tuple[float, float] = (8.0, 8.0)  # pixels of the processing grid per target unit (an init model's own wins)
+    data: list[dict[str, Any]] = field(default_factory=list)  # [[data]] tables: kind, path, weight, task, crop
+    latent_cache: str | None = None  # folder of cached latents (default OUT/latents); shareable between runs
     # diffusion
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
     multires_noise: float = 0.9  # strength of multi-resolution noise, annealed with t; 0 = off
     # optimisation
-    batch_size: int = 32
+    batch_size: int = 32  # per process and micro-batch: a step sees batch_size * grad_accum * processes samples
+    grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 20000
     lr: float = 1.2e-4
     lr_final: float = 1.2e-6  # exponential decay from lr to lr_final over max_steps (the paper's)
@@ -67,7 +77,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     balance_weight: float = 0.01
-    autocast: str = "bf16"  # "bf16", "fp16" or "fp32"
+    autocast: str = "bf16"  # "bf16", "fp16" or "fp32": the compute dtype of matmuls (weights stay fp32)
+    strategy: str = "ddp"  # "ddp" (every process holds the model) or "fsdp" (parameters, grads, optimizer sharded)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
     render_workers: int = 0  # processes that render the scene pool; 0 = in this process
@@ -82,15 +94,16 @@ class TrainConfig:
     default_steps: int = 20
     default_ensemble: int = 4
 
-    def model_config(self) -> dict[str, Any]:
+    def model_config(self, channels: int = 3, factor: int = 1) -> dict[str, Any]:
+        """A fresh model's config: pixel space, or a VAE's latents (`channels`, `factor` pixels per latent)."""
         cfg = dit_config(self.size, patch_size=self.patch_size, num_experts=self.num_experts)
         for key in ("hidden_size", "depth", "num_heads"):
             if getattr(self, key) is not None:
                 cfg[key] = getattr(self, key)
-        grid = self.resolution // self.patch_size
+        grid = self.resolution // factor // self.patch_size
         motion = dict(motion_channels=self.motion_channels, motion_radius=self.motion_radius,
                       motion_levels=self.motion_levels) if self.motion_channels else {}
-        return dict(cfg, sample_size=grid, in_channels=3, cond_channels=6, top_k=self.top_k,
+        return dict(cfg, sample_size=grid, in_channels=channels, cond_channels=2 * channels, top_k=self.top_k,
                     norm_topk_prob=self.norm_topk_prob, num_labels=self.num_labels(), label_offset=1000,
                     learn_sigma=False, **motion)
 
@@ -100,9 +113,17 @@ class TrainConfig:
         return max([mixture.NULL_LABEL, *labels]) - 1000 + 1
 
     def tasks(self) -> list[str]:
-        """The registered tasks this run trains (a kind of theirs has a weight), in registry order."""
+        """The registered tasks this run trains (a kind of theirs has a weight, or a [[data]] table trains it)."""
         if self.stage != "perception":
             return []
+        if self.data:
+            from percept_cli.data.sources import DATASET_TASK, parse_data
+
+            named = set()
+            for spec in parse_data(self.data):
+                named |= set(spec.task or ([DATASET_TASK[spec.kind]] if spec.kind in DATASET_TASK else
+                                           [t.name for k, (t, _) in mixture.kinds().items() if k in self.task_weights]))
+            return [t.name for t in dict.fromkeys(t for _, (t, _) in mixture.kinds().items()) if t.name in named]
         return list(dict.fromkeys(task.name for kind, (task, _) in mixture.kinds().items() if kind in self.task_weights))
 
     def scheduler_config(self) -> dict[str, Any]:
@@ -144,13 +165,26 @@ class StepBatches(torch.utils.data.Dataset):
     """Training batch number `step` of one rank: a pure function of (seed, rank, step), so any process can
     build any batch, and a resumed or multi-worker run sees exactly the batches of a plain one."""
 
-    def __init__(self, pool: ScenePool, cfg: "TrainConfig", rank: int):
-        self.pool, self.rank = pool, rank
-        self.seed, self.batch_size, self.flow_scale = cfg.seed, cfg.batch_size, tuple(cfg.flow_scale)
+    def __init__(self, pool: ScenePool | None, cfg: "TrainConfig", rank: int, sources: list | None = None,
+                 latent: bool = False, flow_scale: tuple[float, float] | None = None):
+        self.pool, self.rank, self.sources, self.latent = pool, rank, sources, latent
+        self.seed, self.batch_size, self.resolution = cfg.seed, cfg.batch_size, cfg.resolution
+        self.flow_scale = tuple(flow_scale or cfg.flow_scale)
         self.weights = {"generate": 1.0} if cfg.stage == "generate" else dict(cfg.task_weights)
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         rng = np.random.default_rng([self.seed, self.rank, step])
+        if self.sources is not None:  # a mixture of sources, in pixels or in cached latents
+            from percept_cli.data.latents import sample_latents
+            from percept_cli.data.mixture import sample_mixture
+
+            cond, target, labels, kinds = (
+                sample_latents(self.sources, rng, self.batch_size, self.resolution) if self.latent else
+                sample_mixture(self.sources, rng, self.batch_size, self.resolution, self.flow_scale))
+            cond, target = torch.from_numpy(cond), torch.from_numpy(target)
+            if torch.utils.data.get_worker_info() is not None:
+                cond, target = cond.share_memory_(), target.share_memory_()
+            return cond, target, torch.from_numpy(labels), kinds
         h, w = self.pool.rgb.shape[1:3]
         cond, target = torch.empty(self.batch_size, 6, h, w), torch.empty(self.batch_size, 3, h, w)  # (B, 6|3, H, W)
         if torch.utils.data.get_worker_info() is not None:  # written in shared memory: sent without a copy
@@ -164,6 +198,73 @@ def batch_loader(batches: StepBatches, steps: Iterable[int], workers: int, pin: 
     """The batches for `steps`, in order, built ahead by `workers` forked processes (0: on demand, here)."""
     return torch.utils.data.DataLoader(batches, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin,
                                        prefetch_factor=4 if workers else None)
+
+
+TRAIN_GROUPS: dict[str, str] = {  # --train-only NAME: the parameters it names (a regex on their names)
+    "experts": r"^blocks\.\d+\.moe\.experts\.",
+    "router": r"^blocks\.\d+\.moe\.gate\.",
+    "mlp": r"^blocks\.\d+\.mlp\.",
+    "attention": r"^blocks\.\d+\.attn\.",
+    "adaln": r"adaLN_modulation\.",
+    "final": r"^final_layer\.",
+    "patch": r"^x_embedder\.",
+    "timestep": r"^t_embedder\.",
+    "labels": r"^y_embedder\.",
+    "motion": r"^motion\.",
+}
+TRAIN_ALIASES = {"embeddings": ("patch", "timestep", "labels"),
+                 "blocks": ("experts", "router", "mlp", "attention", "adaln")}
+
+
+def check_train_only(names: list[str]) -> list[str]:
+    """The group names, validated: UsageError naming an unknown one and the choices."""
+    from percept_cli.errors import UsageError
+
+    for name in names:
+        if name not in TRAIN_GROUPS and name not in TRAIN_ALIASES:
+            raise UsageError(f"--train-only: {name!r} is not a parameter group; use "
+                             f"{', '.join([*TRAIN_GROUPS, *TRAIN_ALIASES])} (comma-separated)")
+    return list(names)
+
+
+def set_trainable(model: torch.nn.Module, groups: list[str]) -> list[str]:
+    """Freeze every parameter outside `groups` (all train when empty; pos_embed never); the trained names."""
+    import re
+
+    if groups:
+        check_train_only(groups)
+        wanted = [g for name in groups for g in TRAIN_ALIASES.get(name, (name,))]
+        pattern = re.compile("|".join(f"(?:{TRAIN_GROUPS[g]})" for g in wanted))
+        for name, p in model.named_parameters():
+            p.requires_grad_(bool(pattern.search(name)) and name != "pos_embed")
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        if not trained:
+            from percept_cli.errors import UsageError
+
+            raise UsageError(f"--train-only {','.join(groups)}: this model has no such parameters "
+                             "(experts and router need a mixture-of-experts model)")
+        return trained
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def checkpoint_blocks(model: PerceptDiT) -> None:
+    """Activation checkpointing: each block's activations are recomputed in the backward pass, not kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        block.forward = (lambda f: lambda x, c: checkpoint(f, x, c, use_reentrant=False))(block.forward)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP parameter (a DTensor), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 class Trainer:
@@ -182,32 +283,48 @@ class Trainer:
             torch.distributed.init_process_group(backend)
         self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.seed)
+        from percept_cli.autoencoder import PixelSpace
+
+        self.autoencoder: Any = PixelSpace()
+        self.vae_dir: Path | None = None
+        self.sched_config = cfg.scheduler_config()
+        self.init_pipeline: dict[str, Any] = {}  # percept.json of the init model (its flow scale, thresholds...)
+        self.flow_scale = tuple(cfg.flow_scale)
         if cfg.init:
-            from percept_cli.models.surgery import load_pretrained_dit, perception_from_generative
-
-            self.model = load_pretrained_dit(cfg.init)
-            if cfg.stage == "perception" and self.model.config.cond_channels == 0:
-                # a generative pre-trained model: widen conv_in for [rgb, prompt] and add task rows
-                self.model = perception_from_generative(self.model)
-            if cfg.motion_channels and not self.model.config.get("motion_channels", 0):
-                from percept_cli.models.surgery import add_motion
-
-                self.model = add_motion(self.model, cfg.motion_channels, cfg.motion_radius, cfg.motion_levels, cfg.seed)
+            self.model = self._init_model(cfg.init)
         else:
-            self.model = PerceptDiT(**cfg.model_config())
+            self._use_vae(cfg.vae)
+            self.model = PerceptDiT(**cfg.model_config(self.autoencoder.channels, self.autoencoder.factor))
+        self.latent = self.vae_dir is not None
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(self.model)
         self.model.to(self.device).train()
+        set_trainable(self.model, cfg.train_only)
         self.ema = PerceptDiT.from_config(self.model.config).to(self.device).eval().requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
+        self.ddp = self.model
+        if cfg.strategy not in ("ddp", "fsdp"):
+            from percept_cli.errors import UsageError
+
+            raise UsageError(f"strategy = {cfg.strategy!r}: use 'ddp' or 'fsdp'")
+        self.fsdp = cfg.strategy == "fsdp" and self.world > 1
+        if self.fsdp:  # FSDP2: each block, then the root, sharded over the processes; the EMA alike
+            from torch.distributed.fsdp import fully_shard
+
+            for model in (self.model, self.ema):
+                for block in model.blocks:
+                    fully_shard(block)
+                fully_shard(model)
+        elif self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999),
                                      fused=self.device.type == "cuda")
-        self.ddp = self.model
-        if self.world > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         from diffusers import DDIMScheduler
 
-        self.alphas = DDIMScheduler.from_config(cfg.scheduler_config()).alphas_cumprod.float().to(self.device)  # (1000,)
+        self.alphas = DDIMScheduler.from_config(self.sched_config).alphas_cumprod.float().to(self.device)  # (1000,)
+        self.prediction_type = self.sched_config.get("prediction_type", cfg.prediction_type)
         self.step = 0
         # Batches are built on the CPU from (seed, rank, step) (StepBatches); timesteps and noise are drawn
         # on the training device, so a GPU run never waits for them; that generator is checkpointed.
@@ -218,22 +335,112 @@ class Trainer:
             workers = min(6, max(1, (os.cpu_count() or 2) - 2)) if self.device.type == "cuda" else 0
         self.loader_workers = workers
         self._batches: Iterator | None = None
+        self._sources: list | None = None
+
+    # -- the model to start from -----------------------------------------------------------------
+
+    def _use_vae(self, folder: str | Path | None) -> None:
+        """Train in this VAE's latent space (None: pixel space)."""
+        if folder is None:
+            return
+        from percept_cli.autoencoder import VAE
+
+        self.vae_dir = Path(folder).expanduser()
+        self.autoencoder = VAE.from_folder(self.vae_dir).to(self.device)
+
+    def _init_model(self, spec: str) -> PerceptDiT:
+        """The model `init` names: a Meta/diffusers DiT or our pixel folder (as before), else a weights.lock
+        name or a folder with a VAE (ours with vae/, or the official layout): its VAE, scheduler, flow scale."""
+        cfg = self.cfg
+        from percept_cli.models.surgery import detect_layout, load_pretrained_dit, perception_from_generative
+
+        path = Path(spec).expanduser()
+        plain = path.is_file() or (path.is_dir() and not (path / "vae").is_dir() and (path / "config.json").is_file()
+                                   and detect_layout(path)[0] in ("percept", "diffusers"))
+        if plain:
+            model = load_pretrained_dit(path)
+            self._use_vae(cfg.vae)
+        else:
+            from percept_cli.checkpoints import load_source
+            from percept_cli.hub import resolve_model
+
+            source = resolve_model(spec)
+            model, self.autoencoder, self.sched_config, pipeline = load_source(source)
+            self.vae_dir = source.vae or (source.root / "vae" if source.root and (source.root / "vae").is_dir() else None)
+            if cfg.vae:
+                self._use_vae(cfg.vae)
+            self.autoencoder.to(self.device)
+            self.init_pipeline = {k: v for k, v in pipeline.items() if k not in ("layout", "num_heads", "train")}
+            if "flow_scale" in pipeline:
+                self.flow_scale = tuple(float(x) for x in pipeline["flow_scale"])
+            model.train().requires_grad_(True)
+            model.pos_embed.requires_grad_(False)
+        if self.vae_dir is not None and int(model.config.in_channels) != self.autoencoder.channels:
+            from percept_cli.errors import UsageError
+
+            raise UsageError(f"init {spec!r} takes {model.config.in_channels}-channel inputs but the VAE in "
+                             f"'{self.vae_dir}' makes {self.autoencoder.channels}: use the model's own VAE")
+        if self.vae_dir is None and int(model.config.in_channels) != 3 and cfg.stage == "perception":
+            from percept_cli.errors import UsageError
+
+            raise UsageError(f"init {spec!r} is a latent model ({model.config.in_channels} input channels): "
+                             "set vae = its VAE folder (e.g. stabilityai/stable-diffusion-2's vae/)")
+        if cfg.stage == "perception" and model.config.cond_channels == 0:
+            # a generative pre-trained model: widen conv_in for [rgb, prompt] and add task rows
+            model = perception_from_generative(model)
+        if cfg.motion_channels and not model.config.get("motion_channels", 0):
+            from percept_cli.models.surgery import add_motion
+
+            model = add_motion(model, cfg.motion_channels, cfg.motion_radius, cfg.motion_levels, cfg.seed)
+        return model
+
+    def pipeline_config(self) -> dict[str, Any]:
+        """What the saved model's percept.json says: the init model's entries, then this run's."""
+        return {**self.init_pipeline, **self.cfg.pipeline_config(), "flow_scale": list(self.flow_scale)}
 
     # -- checkpoints ------------------------------------------------------------------------------
 
+    def _full_states(self) -> tuple[dict, dict, dict]:
+        """(model, EMA, optimizer) state dicts with whole tensors: gathered from the shards under FSDP
+        (a collective: every process calls it), else the modules' own."""
+        if not self.fsdp:
+            return self.model.state_dict(), self.ema.state_dict(), self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(self.model, options=opts), get_model_state_dict(self.ema, options=opts),
+                get_optimizer_state_dict(self.model, self.opt, options=opts))
+
     def save(self, name: str = "last") -> Path:
-        """Rank 0 writes ckpt/<name>/: the EMA model in our layout, and train_state.pt."""
-        if self.rank != 0:
-            return self.out
+        """Rank 0 writes OUT/checkpoint-<name>/: the EMA model in our layout (with the VAE: vae/), and
+        train_state.pt (model, optimizer, step, every process's RNG states). Every process calls it."""
+        model_sd, ema_sd, opt_sd = self._full_states()
+        gens = [self.gen.get_state()]
+        if self.world > 1:
+            gens = [None] * self.world
+            torch.distributed.all_gather_object(gens, self.gen.get_state().cpu())
         folder = self.out / f"checkpoint-{name}"
+        if self.rank == 0:
+            self._write(folder, name, model_sd, ema_sd, opt_sd, gens)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return folder
+
+    def _write(self, folder: Path, name: str, model_sd: dict, ema_sd: dict, opt_sd: dict, gens: list) -> None:
         tmp = self.out / f".checkpoint-{name}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_percept(tmp, self.ema, self.cfg.scheduler_config(), self.cfg.pipeline_config())
+        ema = self.ema
+        if self.fsdp:  # a plain copy of the gathered EMA weights to save
+            ema = PerceptDiT.from_config(self.model.config)
+            ema.load_state_dict(ema_sd)
+        save_percept(tmp, ema, self.sched_config, self.pipeline_config())
+        if self.vae_dir is not None:  # the model folder is complete: --model FOLDER encodes with it
+            shutil.copytree(self.vae_dir, tmp / "vae", copy_function=_link_or_copy)
         state = dict(
-            step=self.step, model=self.model.state_dict(), opt=self.opt.state_dict(),
-            gen=self.gen.get_state(), torch_rng=torch.get_rng_state(),
-            config=asdict(self.cfg),
+            step=self.step, model=model_sd, opt=opt_sd, gen=gens[0], gens=gens,
+            torch_rng=torch.get_rng_state(), config=asdict(self.cfg),
         )
         torch.save(state, tmp / "train_state.pt")
         if folder.exists():
@@ -245,17 +452,27 @@ class Trainer:
             shutil.rmtree(old)
         else:
             tmp.rename(folder)
-        return folder
 
     def resume(self, folder: Path) -> None:
         """Restore model, EMA, optimizer, step and RNG states from a checkpoint folder."""
-        state = torch.load(Path(folder) / "train_state.pt", map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        ema = PerceptDiT.from_pretrained(str(folder))
-        self.ema.load_state_dict(ema.state_dict())
-        self.opt.load_state_dict(state["opt"])
+        state = torch.load(Path(folder) / "train_state.pt", map_location="cpu" if self.fsdp else self.device,
+                           weights_only=False)
+        ema = PerceptDiT.from_pretrained(str(folder)).state_dict()
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, state["model"], options=opts)
+            set_model_state_dict(self.ema, ema, options=opts)
+            set_optimizer_state_dict(self.model, self.opt, state["opt"], options=opts)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(ema)
+            self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
-        self.gen.set_state(state["gen"])
+        gens = state.get("gens") or [state["gen"]]
+        self.gen.set_state(gens[self.rank] if len(gens) == self.world else state["gen"])
         torch.set_rng_state(state["torch_rng"])
 
     # -- one step ---------------------------------------------------------------------------------
@@ -272,12 +489,55 @@ class Trainer:
                                          textures=cfg.textures)
         return self.pool
 
+    def sources(self) -> list | None:
+        """The mixture's sources ([[data]] tables; latent training: at least the scenes), pools loaded
+        (latents: encoded once, cached); None for the plain scene loop."""
+        cfg = self.cfg
+        if not cfg.data and not self.latent:
+            return None
+        if self._sources is None:
+            from percept_cli.data.mixture import ArrayPool, Source
+            from percept_cli.data.sources import DataSpec, folder_source, parse_data, task_kinds
+
+            specs = parse_data(cfg.data) or [DataSpec("scenes")]
+            sources, loaders = [], []
+            for spec in specs:
+                if spec.kind == "scenes":
+                    pool = self.scene_pool()
+                    names = spec.task or tuple(self.cfg.tasks())
+                    weights = task_kinds(names, cfg.task_weights) if cfg.stage == "perception" else {"generate": 1.0}
+                    ident = dict(kind="scenes", seeds=[self.rank * cfg.train_scenes // self.world,
+                                                       (self.rank + 1) * cfg.train_scenes // self.world],
+                                 textures=str(cfg.textures or ""), stored=cfg.resolution)
+                    sources.append(Source("scenes", pool, weights, spec.weight, cfg.resolution, ident))
+                    loaders.append((len(pool), lambda r, pool=pool: ArrayPool(
+                        **{k: getattr(pool, k)[r.start:r.stop] for k in ScenePool.__dataclass_fields__})))
+                else:
+                    source, data = folder_source(spec, cfg.resolution, cfg.task_weights, self.rank, self.world,
+                                                 pool=not self.latent)
+                    sources.append(source)
+                    loaders.append((len(data), data.load))
+            if self.latent:
+                from dataclasses import replace
+
+                from percept_cli.data.latents import encode_source, vae_hash
+
+                cache = Path(cfg.latent_cache) if cfg.latent_cache else self.out / "latents"
+                vh = vae_hash(self.vae_dir)
+                sources = [replace(src, pool=encode_source(src, n, load, self.autoencoder, cache, vh, cfg.resolution,
+                                                           self.flow_scale, device=str(self.device), log=self.log))
+                           for src, (n, load) in zip(sources, loaders)]
+            self._sources = sources
+        return self._sources
+
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """The batch for the current step: (cond, x0, labels, kinds)."""
+        """The next micro-batch: (cond, x0, labels, kinds); micro-batch k = step * grad_accum + j."""
         if self._batches is None:  # from this step on, built ahead by `loader_workers` processes (forked)
-            data = StepBatches(self.scene_pool(), self.cfg, self.rank)
-            self._batches = iter(batch_loader(data, itertools.count(self.step), self.loader_workers,
-                                              pin=self.device.type == "cuda"))
+            sources = self.sources()
+            data = StepBatches(None if sources is not None else self.scene_pool(), self.cfg, self.rank,
+                               sources=sources, latent=self.latent, flow_scale=self.flow_scale)
+            self._batches = iter(batch_loader(data, itertools.count(self.step * self.cfg.grad_accum),
+                                              self.loader_workers, pin=self.device.type == "cuda"))
         return next(self._batches)
 
     def close_batches(self) -> None:
@@ -294,7 +554,7 @@ class Trainer:
         a = self.alphas[t].view(b, 1, 1, 1)
         noise = multires_noise(tuple(x0.shape), cfg.multires_noise, t.float() / 999, self.gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        want = a.sqrt() * noise - (1 - a).sqrt() * x0 if cfg.prediction_type == "v_prediction" else noise
+        want = a.sqrt() * noise - (1 - a).sqrt() * x0 if self.prediction_type == "v_prediction" else noise
         amp = None if cfg.autocast == "fp32" else torch_dtype(cfg.autocast)
         with torch.autocast(dev.type, dtype=amp) if amp else nullcontext():
             out = self.ddp(torch.cat([cond, xt], 1), t, labels, return_dict=True)
@@ -305,37 +565,63 @@ class Trainer:
         return per_sample, {}, balance
 
     def train_step(self, record: bool = True) -> dict[str, Any]:
-        """One optimizer step; the log record (which waits for the GPU) only when `record`."""
+        """One optimizer step over grad_accum micro-batches; the log record (which waits for the GPU) only when `record`."""
         cfg = self.cfg
-        cond, x0, labels, kinds = self.batch()
         lr = lr_at(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        per_sample, _, balance = self.loss(cond, x0, labels)
-        loss = per_sample.mean() + cfg.balance_weight * balance
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, kinds, total, balances = [], [], 0.0, []
+        for j in range(cfg.grad_accum):
+            last = j == cfg.grad_accum - 1
+            cond, x0, labels, micro_kinds = self.batch()
+            with self._no_sync(not last):
+                per_sample, _, balance = self.loss(cond, x0, labels)
+                loss = (per_sample.mean() + cfg.balance_weight * balance) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+            losses.append(per_sample.detach())
+            balances.append(balance.detach())
+            kinds += micro_kinds
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))  # warm EMA early on
-            torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1 - decay)
+            pairs = [(e, p) for e, p in zip(self.ema.parameters(), self.model.parameters()) if p.requires_grad]
+            if pairs:
+                torch._foreach_lerp_([_local(e) for e, _ in pairs], [_local(p.detach()) for _, p in pairs], 1 - decay)
         self.step += 1
         if not record:
             return {}
-        rec: dict[str, Any] = dict(step=self.step, loss=float(loss.detach()), lr=lr, grad_norm=float(grad_norm))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        rec: dict[str, Any] = dict(step=self.step, loss=float(total), lr=lr, grad_norm=float(grad_norm))
         if self.model.config.num_experts:
-            rec["balance"] = float(balance.detach())
-        losses = per_sample.detach().cpu().numpy()
+            rec["balance"] = float(torch.stack(balances).mean())
+        per = torch.cat(losses).cpu().numpy()
         for kind in set(kinds):
-            rec[f"loss_{kind}"] = float(np.mean([l for l, k in zip(losses, kinds) if k == kind]))
+            rec[f"loss_{kind}"] = float(np.mean([l for l, k in zip(per, kinds) if k == kind]))
         return rec
+
+    def _no_sync(self, skip: bool):
+        """While accumulating (skip): no gradient all-reduce (DDP) or reduce-scatter (FSDP) yet."""
+        if not skip or self.world == 1:
+            return nullcontext()
+        if self.fsdp:
+            model = self.model
+
+            class _Off:
+                def __enter__(self):
+                    model.set_requires_gradient_sync(False)
+
+                def __exit__(self, *exc):
+                    model.set_requires_gradient_sync(True)
+            return _Off()
+        return self.ddp.no_sync()
 
     # -- evaluation -------------------------------------------------------------------------------
 
     def evaluate(self) -> dict[str, Any]:
         """EMA model on held-out scenes (seeds never trained on), default steps, 1 member."""
-        from percept_cli.autoencoder import PixelSpace
         from percept_cli.evaluate import evaluate, synthetic_set
         from percept_cli.pipeline import Predictor
 
@@ -345,7 +631,7 @@ class Trainer:
         import copy
 
         model = copy.deepcopy(self.ema).float().cpu()
-        pred = Predictor(model, PixelSpace(), cfg.scheduler_config(), cfg.pipeline_config(), device="cpu",
+        pred = Predictor(model, self.autoencoder.to("cpu"), self.sched_config, self.pipeline_config(), device="cpu",
                          dtype="bf16" if cfg.autocast == "bf16" else "fp32")
         out: dict[str, Any] = {}
         for task in cfg.tasks():
@@ -417,6 +703,18 @@ def load_config(path: Path | None, **overrides: Any) -> TrainConfig:
         raise UsageError(f"unknown training option(s) {', '.join(unknown)}; see `percept train --help`")
     if "flow_scale" in values:
         values["flow_scale"] = tuple(values["flow_scale"])
+    if "train_only" in values:
+        only = values["train_only"]
+        values["train_only"] = check_train_only([x.strip() for x in only.split(",") if x.strip()]
+                                                if isinstance(only, str) else list(only))
+    if values.get("data"):
+        from percept_cli.data.sources import parse_data
+
+        parse_data(values["data"])  # a wrong table is a usage error now, not after the model loads
+    for key, ok, what in (("grad_accum", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+                          ("strategy", lambda v: v in ("ddp", "fsdp"), "'ddp' or 'fsdp'")):
+        if key in values and not ok(values[key]):
+            raise UsageError(f"{key} = {values[key]!r}: use {what}")
     mixture.check_kinds(values.get("task_weights", {}))
     return TrainConfig(**values)
 
