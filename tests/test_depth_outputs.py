@@ -298,3 +298,33 @@ def test_uncertainty_png_saturates_at_the_95th_percentile():
     top = rgb[u >= p95]
     assert (top == top[0]).all()  # everything at or above the 95th percentile has the top colour
     assert len({tuple(c) for c in rgb[u < p95 * 0.9]}) > 20  # the rest keeps its range
+
+
+def test_python_api_predictor_result_through_the_configured_task(tmp_path, monkeypatch):
+    from percept_cli.hub import resolve_model
+    from percept_cli.pipeline import Predictor
+    from percept_cli.tasks import get_task
+    from percept_cli.tasks.depth import DepthInput
+
+    predictor = Predictor.from_source(resolve_model("tiny"), device="cpu", dtype="fp32")
+    scene, path, rel, lo, hi = _scene(tmp_path)
+    item = DepthInput(scene.rgb, name=str(path), path=path)
+    (result,) = predictor.predict("depth", [item], predictor.settings("depth", steps=1, ensemble=2, resolution=32))
+    d = result.depth
+    picks = [np.unravel_index(np.argmin(d), d.shape), np.unravel_index(np.argmax(d), d.shape), (20, 30)]
+    known = tmp_path / "k.txt"  # metres = 2 * depth + 1.5 at three pixels
+    known.write_text("".join(f"{x} {y} {2.0 * float(d[y, x]) + 1.5!r}\n" for y, x in picks))
+    task = get_task("depth").configure(fov=60.0, align=known, colormap="turbo")
+    stem = tmp_path / "o" / "scene"
+    paths = task.write(stem, result, item, "npy,ply,color", False)
+    rec = task.record(stem)
+    assert [p.name for p in paths] == ["scene.depth.npy", "scene.depth.color.png", "scene.depth.ply",
+                                       "scene.depth.metric.npy", "scene.depth.uncertainty.npy",
+                                       "scene.depth.uncertainty.png"]
+    assert rec["intrinsics"]["source"] == "--fov 60" and rec["align"]["points"] == rec["align"]["inliers"] == 3
+    assert rec["align"]["scale"] == pytest.approx(2.0, rel=1e-5) and rec["align"]["shift"] == pytest.approx(1.5, rel=1e-5)
+    metric = np.load(stem.with_name("scene.depth.metric.npy"))
+    np.testing.assert_allclose(metric, 2.0 * d + 1.5, rtol=1e-5)
+    pts, _, _ = _cloud(stem.with_name("scene.depth.ply"))
+    np.testing.assert_allclose(pts[:, 2], metric.reshape(-1))
+    np.testing.assert_array_equal(media.read_image(stem.with_name("scene.depth.color.png")), W.colorize_depth(d, "turbo"))

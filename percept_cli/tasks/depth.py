@@ -83,11 +83,16 @@ class Depth(Task):
             except InputError as e:
                 raise UsageError(str(e)) from None
 
-    def configure(self, opts, note=None) -> "Depth":
-        """This task with the run's depth options (run.Options: colormap, fov, max_uncertainty, align)."""
+    def configure(self, opts=None, note=None, **options) -> "Depth":
+        """This task with depth's options: from run.Options (colormap, fov, max_uncertainty, align) or keywords.
+
+        Python: `get_task("depth").configure(fov=70, align="known.txt").write(stem, result, item, "npy,ply", False)`,
+        then `.record(stem)` for the intrinsics and the fit. UsageError for a bad value.
+        """
         from percept_cli.writers import check_colormap
 
-        fov, maxu, align = getattr(opts, "fov", None), getattr(opts, "max_uncertainty", None), getattr(opts, "align", None)
+        get = lambda key: options[key] if key in options else getattr(opts, key, None)  # noqa: E731
+        fov, maxu, align = get("fov"), get("max_uncertainty"), get("align")
         if fov is not None and not 1.0 <= fov <= 179.0:
             raise UsageError(f"--fov {fov:g}: the horizontal field of view must be between 1 and 179 degrees")
         if maxu is not None and not maxu >= 0:
@@ -95,7 +100,7 @@ class Depth(Task):
         if align is not None and not Path(align).exists():
             raise UsageError(f"--align {align}: no such file or folder; give a text file of 'x y depth' lines "
                              "(pixel column, row, metres) or a folder of NAME.txt files")
-        options = DepthOptions(check_colormap(getattr(opts, "colormap", None) or "inferno"), fov, maxu,
+        options = DepthOptions(check_colormap(get("colormap") or "inferno"), fov, maxu,
                                None if align is None else Path(align))
         return Depth(options, note)
 
