@@ -241,27 +241,35 @@ def align_depth(depth: np.ndarray, points: np.ndarray, name: str = "--align") ->
 
 
 def render_cloud(points: np.ndarray, colors: np.ndarray, size: tuple[int, int] = (480, 640),
-                 yaw: float = 35.0, pitch: float = 20.0) -> np.ndarray:
-    """(H, W, 3) uint8 view of a point cloud from an oblique virtual camera (2x2 splats, far to near)."""
+                 yaw: float = 35.0, pitch: float = 20.0, splat: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 view of a point cloud from an oblique virtual camera on white (splat x splat px, far to near).
+
+    The cloud is turned by `yaw` (about the vertical axis) and `pitch` (about the horizontal one) around its
+    median, seen from a camera stepped back along the new optical axis, and framed so that its 1st-99th
+    percentile box fills about 90% of the picture.
+    """
     h, w = size
-    centre = np.median(points, axis=0)
-    p = points - centre
+    p = np.asarray(points, np.float64) - np.median(points, axis=0)
     ya, pa = np.radians(yaw), np.radians(pitch)
     ry = np.array([[np.cos(ya), 0, np.sin(ya)], [0, 1, 0], [-np.sin(ya), 0, np.cos(ya)]])
     rx = np.array([[1, 0, 0], [0, np.cos(pa), -np.sin(pa)], [0, np.sin(pa), np.cos(pa)]])
     p = p @ (rx @ ry).T
-    extent = np.percentile(np.abs(p[:, :2]), 98) + 1e-6
-    p[:, 2] += 2.5 * extent  # step back so the whole cloud is in front of the virtual camera
+    lo, hi = np.percentile(p, 1, axis=0), np.percentile(p, 99, axis=0)
+    p[:, :2] -= (lo[:2] + hi[:2]) / 2  # the box's centre on the optical axis
+    extent = float(max(hi[0] - lo[0], hi[1] - lo[1], 1e-6))
+    p[:, 2] += 2.5 * extent - lo[2]  # stand back: the near side of the box 2.5 extents away
     keep = p[:, 2] > 1e-6
-    p, c = p[keep], colors[keep]
-    f = 0.45 * min(h, w) * 2.5  # the cloud's 98th-percentile extent fills about 90% of the shorter side
+    p, c = p[keep], np.asarray(colors)[keep]
+    zc = float(np.median(p[:, 2]))
+    f = 0.9 * zc / max((hi[0] - lo[0]) / w, (hi[1] - lo[1]) / h, 1e-9)  # the box fills 90% of the tighter side
     u = np.round(p[:, 0] / p[:, 2] * f + w / 2).astype(np.int64)
     v = np.round(p[:, 1] / p[:, 2] * f + h / 2).astype(np.int64)
     img = np.full((h, w, 3), 255, np.uint8)
     order = np.argsort(-p[:, 2])  # far first, so near points overwrite them
-    for du in (0, 1):
-        for dv in (0, 1):
-            uu, vv = u[order] + du, v[order] + dv
+    u, v, c = u[order], v[order], c[order]
+    for du in range(splat):
+        for dv in range(splat):
+            uu, vv = u + du, v + dv
             ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-            img[vv[ok], uu[ok]] = c[order][ok]  # painter's order: later (nearer) splats win
+            img[vv[ok], uu[ok]] = c[ok]  # painter's order: later (nearer) splats win
     return img

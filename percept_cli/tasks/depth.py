@@ -102,6 +102,9 @@ class Depth(Task):
                              "(pixel column, row, metres) or a folder of NAME.txt files")
         options = DepthOptions(check_colormap(get("colormap") or "inferno"), fov, maxu,
                                None if align is None else Path(align))
+        fmt = getattr(opts, "format", None)
+        if note is not None and (fov is not None or maxu is not None) and "ply" not in self.parse_formats(fmt or "all"):
+            note("--fov and --max-uncertainty shape only the point cloud: add ply to --format to write one")
         return Depth(options, note)
 
     # -- inputs: remember the file, for EXIF and --align folders ------------------------------------
@@ -197,6 +200,9 @@ class Depth(Task):
         if o.align is not None:
             metric, info["align"] = geometry.align_depth(result.depth, self.align_points(item),
                                                          f"--align on {item.name}")
+        if "ply" in chosen and o.max_uncertainty is not None and result.uncertainty is None:
+            self._say_once("max-uncertainty", "--max-uncertainty: one ensemble member gives no uncertainty, so every "
+                                              "point is kept; use --ensemble 3 or more")
         if "ply" in chosen:
             h, w = result.depth.shape
             path = getattr(item, "path", None)
@@ -205,15 +211,18 @@ class Depth(Task):
             info["intrinsics"] = {"fx": k.fx, "fy": k.fx, "cx": k.cx, "cy": k.cy, "hfov": round(k.hfov, 4),
                                   "source": k.source, "units": "metres" if metric is not None else
                                   f"relative (z = depth + {o.near:g})"}
-            kind = k.source.split(" ")[0]
-            if self._note is not None and kind not in self._said:
-                self._said.add(kind)
-                self._note(f"depth point clouds: a {k.hfov:.1f}-degree horizontal field of view ({k.source})")
+            self._say_once(k.source.split(" ")[0],  # once per kind: --fov, EXIF, default
+                           f"depth point clouds: {k.hfov:.1f} degrees horizontal field of view; from {k.source}")
         paths = write_depth(stem, result.depth, result.uncertainty, chosen, overwrite=overwrite, rgb=item.image,
                             intrinsics=k, metric=metric, colormap=o.colormap, max_uncertainty=o.max_uncertainty,
                             near=o.near)
         self._records[str(Path(stem))] = info
         return paths
+
+    def _say_once(self, key: str, message: str) -> None:
+        if self._note is not None and key not in self._said:
+            self._said.add(key)
+            self._note(message)
 
     def record(self, stem):
         """--json fields of the input written at `stem`: intrinsics (ply) and align (scale, shift, inliers...)."""
