@@ -225,8 +225,15 @@ def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of TrainConfig fields (see configs/).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help="Run folder: checkpoints, log.jsonl, cached scenes.")] = None,
     init: Annotated[Optional[str], typer.Option(
-        "--init", help="Start from a model: our folder, a Meta DiT .pt or a diffusers DiT folder "
-                       "(a generative model is widened for the conditioning slots first).")] = None,
+        "--init", help="Start from a model: a weights.lock name (generalist), an official-layout folder, our folder, "
+                       "a DiT .pt or a diffusers DiT folder (a generative model is widened for the conditioning "
+                       "slots first). A model with a VAE trains on its latents.")] = None,
+    train_only: Annotated[Optional[str], typer.Option(
+        "--train-only", rich_help_panel=_TRAIN,
+        help="Train only these parameter groups, freeze the rest (comma-separated): experts, router, mlp, attention, "
+             "adaln, final, patch, timestep, labels, motion; embeddings = patch,timestep,labels; blocks.")] = None,
+    vae: Annotated[Optional[str], typer.Option(
+        "--vae", rich_help_panel=_TRAIN, help="VAE folder (diffusers AutoencoderKL): train in its latent space.")] = None,
     stage: Annotated[Optional[str], typer.Option("--stage", rich_help_panel=_TRAIN, help="perception or generate.")] = None,
     size: Annotated[Optional[str], typer.Option("--size", rich_help_panel=_TRAIN, help="Preset: XXS, XS, S, B, L, XL.")] = None,
     experts: Annotated[Optional[int], typer.Option("--experts", rich_help_panel=_TRAIN, help="MoE experts (0 = dense).")] = None,
@@ -241,14 +248,16 @@ def train(
         "--max-time", help="Stop (with a checkpoint) after this many seconds; re-run to resume.")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Ignore OUT/checkpoint-last and start over.")] = False,
 ) -> None:
-    """Train a model on rendered scenes; resumes OUT/checkpoint-last. Works under torchrun (DDP)."""
+    """Train or fine-tune a model on rendered scenes and dataset folders ([[data]] in --config); resumes
+    OUT/checkpoint-last. Works under torchrun (strategy = ddp or fsdp in the config)."""
     from percept_cli.console import Console
     from percept_cli.train import load_config, run as train_run
 
     if stage is not None and stage not in ("perception", "generate"):
         raise UsageError(f"--stage must be perception or generate, got {stage!r}")
     cfg = load_config(config, out=out, init=init, stage=stage, size=size, num_experts=experts,
-                      batch_size=batch_size, resolution=resolution, max_steps=max_steps, lr=lr, textures=textures)
+                      batch_size=batch_size, resolution=resolution, max_steps=max_steps, lr=lr, textures=textures,
+                      train_only=train_only, vae=vae)
     train_run(cfg, resume=not no_resume, max_time=max_time, log=Console().note)
 
 

@@ -142,3 +142,25 @@ def test_fresh_latent_model_with_accumulation_and_checkpointing(tmp_path):
 def test_latent_model_without_vae_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="set vae = its VAE folder"):
         Trainer(TrainConfig(out=str(tmp_path), init=str(OFFICIAL / "tiny_official_layout.pt"), **FT), **QUIET)
+
+
+def test_cli_finetunes_the_official_layout_and_the_result_runs_with_model(tmp_path, official_folder):
+    from tests.helpers import percept
+
+    cfg = tmp_path / "ft.toml"
+    cfg.write_text("resolution = 64\ntrain_scenes = 2\nbatch_size = 2\neval_every = 0\nautocast = \"fp32\"\n"
+                   "threads = 1\n[[data]]\nkind = \"scenes\"\ntask = [\"depth\"]\n")
+    code, _, err = percept("train", "--config", cfg, "--init", official_folder, "--out", tmp_path / "run",
+                           "--max-steps", 1, "--train-only", "experts,routers")
+    assert code == 2 and "'routers' is not a parameter group" in err
+    code, _, err = percept("train", "--config", cfg, "--init", official_folder, "--out", tmp_path / "run",
+                           "--max-steps", 2, "--train-only", "experts,router,labels")
+    assert code == 0, err
+    img = tmp_path / "in.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.zeros((48, 64, 3), np.uint8))
+    code, _, err = percept("depth", img, "--model", tmp_path / "run" / "checkpoint-last", "--steps", 1,
+                           "--ensemble", 1, "-o", tmp_path / "out", "--device", "cpu")
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "in.depth.npy").shape == (48, 64)
