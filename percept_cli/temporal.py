@@ -157,7 +157,8 @@ class DepthVideo(VideoState):
         from percept_cli.writers import colorize_depth
 
         self.range.update(depth)
-        return colorize_depth(np.clip(self.range.scale(depth), 0.0, 1.0))
+        colormap = getattr(getattr(self.task, "options", None), "colormap", "inferno")  # depth's --colormap
+        return colorize_depth(np.clip(self.range.scale(depth), 0.0, 1.0), colormap)
 
     def skipped(self, outputs, item):
         """A frame written by an earlier run: its depth (the .npy, else the 16-bit PNG) continues the clip."""

@@ -117,8 +117,13 @@ def test_exif_focal_length_is_used_and_said(tmp_path, model):
 
 def test_ply_for_every_video_frame(tmp_path, model):
     clip = video(tmp_path / "clip.mp4", frames=3)
-    code, stdout, err = percept("depth", clip, *fast(model), "-o", tmp_path / "o", "--format", "ply,npy", "--json")
+    code, stdout, err = percept("depth", clip, *fast(model), "-o", tmp_path / "o", "--format", "ply,npy", "--json",
+                                "--colormap", "gray")
     assert code == 0, err
+    import imageio.v2 as imageio
+
+    first = imageio.get_reader(tmp_path / "o" / "clip.depth.mp4").get_data(0).astype(int)
+    assert np.abs(first[..., 0] - first[..., 2]).max() < 12 and first.std() > 1  # the .mp4 in --colormap gray
     plys = sorted((tmp_path / "o" / "clip").glob("*.depth.ply"))
     assert len(plys) == 3
     outs = [o for r in records(stdout) for o in r["outputs"]]
