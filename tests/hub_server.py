@@ -20,11 +20,8 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
-
-import pytest
 
 LFS_SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt")
 _RESOLVE = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
@@ -187,35 +184,6 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             return None
 
     return Handler
-
-
-@pytest.fixture
-def hub() -> Iterator[HubStandIn]:
-    """A running stand-in Hub, stopped at teardown."""
-    server = HubStandIn()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def hub_env(hub: HubStandIn, tmp_path, monkeypatch) -> HubStandIn:
-    """Point huggingface_hub and percept at the stand-in, with fresh temporary caches."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path / "percept-cache"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("PERCEPT_LOCK", str(tmp_path / "config" / "weights.lock"))  # the user lock, absent at first
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "PERCEPT_MODEL", "PERCEPT_WEIGHTS_LOCK",
-                "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    return hub
 
 
 # --- weights.lock helpers for tests -------------------------------------------------------------

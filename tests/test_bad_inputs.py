@@ -1,6 +1,6 @@
 """Regression tests from the bad-input sweep (issue 12, section 2): each would fail before its fix.
 
-Commands run in-process through main() (tests.test_cli.percept) on a tiny seeded model folder at
+Commands run in-process through main() (tests.helpers.percept) on a tiny seeded model folder at
 resolution 32 with 2 steps; the size checks run before any model loads.
 """
 
@@ -18,8 +18,7 @@ from PIL import Image
 
 from percept_cli import media, run
 from percept_cli.errors import InputError, UsageError
-from tests.helpers import tiny_model_folder
-from tests.test_cli import ROOT, fast, files, image, no_model_load, percept, records
+from tests.helpers import ROOT, fast, files, image, no_model_load, percept, records, tiny_model_folder
 
 
 @pytest.fixture(scope="module")

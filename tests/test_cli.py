@@ -6,10 +6,8 @@ captured), so the exit-code mapping is what is tested. The --help check runs in 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,68 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from percept_cli import writers
-from percept_cli.cli import app, main
-from tests.helpers import tiny_model_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return tiny_model_folder(tmp_path_factory.mktemp("cli") / "tiny")
-
-
-def fast(model: Path) -> list[str]:
-    return ["--model", str(model), "--resolution", "32", "--steps", "2", "-q"]
-
-
-def percept(*args, input: str | None = None) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `percept ARGS` run through main()."""
-    with CliRunner().isolation(input=input) as (out, err, _):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        sys.stdout.flush(), sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
-
-
-def records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def image(path: Path, hw=(20, 28), seed=0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cv2.imwrite(str(path), rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
-    return path
-
-
-def video(path: Path, frames=5, hw=(24, 32)) -> Path:
-    import imageio.v2 as imageio
-
-    rng = np.random.default_rng(1)
-    w = imageio.get_writer(path, format="FFMPEG", fps=5, codec="libx264", pixelformat="yuv420p",
-                           macro_block_size=1, ffmpeg_log_level="error")
-    for _ in range(frames):
-        w.append_data(rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
-    w.close()
-    return path
-
-
-def no_model_load(monkeypatch):
-    from percept_cli.pipeline import Predictor
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(Predictor, "from_source", classmethod(refuse))
-
-
-def files(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-
+from percept_cli.cli import app
+from tests.helpers import ROOT, fast, files, image, no_model_load, percept, records, video  # noqa: F401
 
 # ----------------------------------------------------------------------------------------- packaging
 
@@ -271,7 +209,8 @@ def test_amodal_mask_list_and_video(model, tmp_path):
     code, stdout, stderr = percept("amodal", img, "--mask", mask, "-o", tmp_path / "o1", "--json", *fast(model))
     assert code == 0, stderr
     assert records(stdout)[0]["inputs"] == [str(img), str(mask)]
-    assert files(tmp_path / "o1") == ["scene.amodal.npy", "scene.amodal.overlay.png", "scene.amodal.png"]
+    assert files(tmp_path / "o1") == ["scene.amodal.npy", "scene.amodal.overlay.png", "scene.amodal.png",
+                                      "scene.amodal.rgba.png"]
     png = cv2.imread(str(tmp_path / "o1" / "scene.amodal.png"), cv2.IMREAD_UNCHANGED)
     soft = np.load(tmp_path / "o1" / "scene.amodal.npy")
     assert set(np.unique(png)) <= {0, 255} and soft.shape == (24, 32)

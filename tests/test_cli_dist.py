@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.test_cli import ROOT, fast, files, image, model, percept  # noqa: F401
+from tests.helpers import ROOT, fast, files, image, percept
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from percept_cli import run, writers
-from tests.test_cli import ROOT, fast, files, image, model, no_model_load, percept, records, video  # noqa: F401
+from tests.helpers import ROOT, fast, files, image, no_model_load, percept, records, video
 
 
 def one_error_line(stderr: str) -> str:

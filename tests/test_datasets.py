@@ -9,21 +9,13 @@ from percept_cli.data.datasets import (
     DepthSample,
     FlowSample,
     detect_dataset,
-    read_flo,
     read_flyingchairs,
     read_hypersim,
     read_pix2gestalt,
     synthetic_samples,
 )
 from percept_cli.errors import InputError, UsageError
-from percept_cli.writers import FLO_MAGIC
-
-
-def _write_flo(path: Path, flow: np.ndarray) -> None:
-    """A Middlebury .flo file, for building small datasets in tmp_path."""
-    h, w, _ = flow.shape
-    path.write_bytes(np.float32(FLO_MAGIC).tobytes() + np.array([w, h], "<i4").tobytes()
-                     + flow.astype("<f4").tobytes())
+from percept_cli.writers import write_flo
 
 
 def _fake_chairs(root: Path, n: int) -> None:
@@ -32,7 +24,7 @@ def _fake_chairs(root: Path, n: int) -> None:
     for i in range(1, n + 1):
         for k in (1, 2):
             cv2.imwrite(str(root / f"{i:05d}_img{k}.ppm"), rng.integers(0, 255, (6, 8, 3), np.uint8))
-        _write_flo(root / f"{i:05d}_flow.flo", np.stack([np.full((6, 8), i), np.full((6, 8), -1)], -1))
+        write_flo(root / f"{i:05d}_flow.flo", np.stack([np.full((6, 8), i), np.full((6, 8), -1)], -1))
 
 
 def test_hypersim_real(shared):
@@ -90,26 +82,6 @@ def test_flyingchairs_split(tmp_path):
     assert len(read_flyingchairs(tmp_path)) == 4
     with pytest.raises(UsageError, match="split"):
         read_flyingchairs(tmp_path, "test")
-
-
-def test_read_flo_round_trip_and_corruption(tmp_path):
-    flow = np.random.default_rng(1).normal(size=(3, 5, 2)).astype(np.float32)
-    path = tmp_path / "a.flo"
-    _write_flo(path, flow)
-    np.testing.assert_array_equal(read_flo(path), flow)
-    good = path.read_bytes()
-    cases = {
-        "magic.flo": b"XXXX" + good[4:],
-        "short.flo": good[:8],
-        "truncated.flo": good[:-4],
-        "size.flo": good[:4] + np.array([-5, 3], "<i4").tobytes() + good[12:],
-    }
-    for name, data in cases.items():
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(InputError, match=name):
-            read_flo(tmp_path / name)
-    with pytest.raises(InputError, match="missing.flo"):
-        read_flo(tmp_path / "missing.flo")
 
 
 def test_pix2gestalt_real(shared):

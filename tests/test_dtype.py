@@ -85,8 +85,7 @@ def test_cli_accepts_auto_and_it_is_the_default(monkeypatch, tmp_path):
     import json
 
     from percept_cli import cli, run
-    from tests.helpers import tiny_model_folder
-    from tests.test_cli import fast, image, percept
+    from tests.helpers import fast, image, percept, tiny_model_folder
 
     for command in (cli.depth, cli.flow, cli.amodal, cli.eval_):
         assert inspect.signature(command).parameters["dtype"].default == "auto", command

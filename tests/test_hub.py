@@ -15,7 +15,7 @@ import tomlkit
 from percept_cli import hub as H
 from percept_cli import lock as L
 from percept_cli.errors import ChecksumError, DownloadError, ModelError, ModelNotCachedError
-from tests.hub_server import SD2, WEIGHTS_REPO, HubStandIn, hub, hub_env, lock_text, official_files, sha  # noqa: F401
+from tests.hub_server import SD2, WEIGHTS_REPO, HubStandIn, lock_text, official_files, sha
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

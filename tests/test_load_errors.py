@@ -18,8 +18,7 @@ import pytest
 
 from percept_cli.checkpoints import save_percept
 from percept_cli.schedules import SD2_SCHEDULER
-from tests.helpers import tiny_dit
-from tests.test_cli import ROOT, image, percept
+from tests.helpers import ROOT, image, percept, tiny_dit
 
 TINY_VAE = Path(__file__).resolve().parent / "fixtures" / "official" / "tiny_vae"
 # diffusers' AutoencoderKL config of the tiny VAE fixture (4 levels: 8x smaller latents, 4 channels)

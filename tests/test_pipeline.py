@@ -2,14 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
-from percept_cli import tasks as T
 from percept_cli.autoencoder import PixelSpace
 from percept_cli.errors import InputError, UsageError
 from percept_cli.pipeline import Predictor, TaskInput
-from percept_cli.sampler import ddim_sample, initial_noise
-from percept_cli.schedules import SD2_SCHEDULER, make_scheduler
+from percept_cli.schedules import SD2_SCHEDULER
 from tests.helpers import tiny_dit
 
 CONFIG = dict(resolution=32, steps=4, tasks=["depth", "flow", "amodal"], flow_scale=[8.0, 8.0])
@@ -31,27 +28,14 @@ def inputs(task, n=2, seed=0, hw=(40, 52)):
     return out
 
 
-def sequential_reference(pred: Predictor, task: str, item: TaskInput, steps: int, members: int, seed: int):
-    """The official procedure: one member at a time, flow's u and v as separate passes."""
-    spec = T.get_task(task)
-    cond = pred._encode(task, item, (32, 32))
-    per_label = []
-    for label in spec.labels:
-        outs = []
-        for k in range(members):
-            noise = initial_noise((3, 32, 32), 1, seed + k)
-            z = ddim_sample(pred.model, cond, noise, torch.tensor([label]), make_scheduler(SD2_SCHEDULER), steps)
-            outs.append(z[0].numpy())
-        per_label.append(np.stack(outs))
-    return pred._finish(task, np.stack(per_label), item, pred.settings(task, steps=steps, ensemble=members))
-
-
 @pytest.mark.parametrize("task", ["depth", "flow", "amodal"])
-def test_batched_equals_sequential(predictor, task):
+def test_batched_equals_sequential(predictor, speed_benchmark, task):
+    """The batched Predictor == the official procedure (benchmarks/speed.py: one member at a time, flow's u
+    and v as separate passes, plain kernels)."""
     items = inputs(task)
-    batched = predictor.predict(task, items, predictor.settings(task, ensemble=3, batch_size=5, seed=7))
-    for item, got in zip(items, batched):
-        want = sequential_reference(predictor, task, item, steps=4, members=3, seed=7)
+    settings = predictor.settings(task, ensemble=3, batch_size=5, seed=7)
+    for item, got in zip(items, predictor.predict(task, items, settings)):
+        want = speed_benchmark.official_reference(predictor, task, item, settings)
         for key, value in vars(want).items():
             np.testing.assert_allclose(np.asarray(getattr(got, key), float), np.asarray(value, float), atol=1e-4, err_msg=key)
 

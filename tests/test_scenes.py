@@ -2,28 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from percept_cli.data.scenes import Scene, _hit_object, _render_scene, _rot_y, render_scene
+from percept_cli.data.scenes import _hit_object, _render_scene, _rot_y, render_scene
 from percept_cli.errors import UsageError
-
-
-def _warp_error(scene: Scene, aux: dict, flow: np.ndarray) -> float:
-    """Mean |rgb - rgb2 sampled at (x + u, y + v)| over pixels that land on the same surface, unoccluded."""
-    h, w = scene.depth.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    mx, my = xs + scene.flow[..., 0], ys + scene.flow[..., 1]  # (H, W) landing points of the exact flow
-    ok = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
-    x0 = np.clip(np.floor(mx).astype(int), 0, w - 2)
-    y0 = np.clip(np.floor(my).astype(int), 0, h - 2)
-    # All four bilinear taps on the same surface, so no silhouette edge blends in.
-    for dy in (0, 1):
-        for dx in (0, 1):
-            ok &= aux["ids2"][y0 + dy, x0 + dx] == aux["ids1"]
-    depth2 = cv2.remap(aux["depth2"].astype(np.float32), mx, my, cv2.INTER_LINEAR)
-    ok &= np.abs(depth2 - aux["proj_z2"]) < 0.02 * aux["proj_z2"]  # the point is the one frame 2 sees
-    assert ok.mean() > 0.5
-    warped = cv2.remap(scene.rgb2, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
-    return float(np.abs(warped.astype(float) - scene.rgb)[ok].mean())
+from tests.helpers import warp_error
 
 
 def test_same_seed_same_scene_other_seed_differs():
@@ -52,15 +33,15 @@ def test_flow_is_exact_photometrically():
     # exact flow must beat zero flow by far and a half-pixel shift of itself.
     for seed in range(4):
         scene, aux = _render_scene(seed, 128, shadows=False)
-        exact = _warp_error(scene, aux, scene.flow)
-        zero = _warp_error(scene, aux, np.zeros_like(scene.flow))
-        shifted = _warp_error(scene, aux, scene.flow + np.float32(0.5))
+        exact = warp_error(scene, aux, scene.flow)
+        zero = warp_error(scene, aux, np.zeros_like(scene.flow))
+        shifted = warp_error(scene, aux, scene.flow + np.float32(0.5))
         assert exact < 2.0, seed
         assert exact < 0.25 * zero, seed
         assert exact < shifted, seed
     # Shadows that move across surfaces add residual, but the flow still explains the frames.
     scene, aux = _render_scene(0, 128)
-    assert _warp_error(scene, aux, scene.flow) < 0.3 * _warp_error(scene, aux, np.zeros_like(scene.flow))
+    assert warp_error(scene, aux, scene.flow) < 0.3 * warp_error(scene, aux, np.zeros_like(scene.flow))
 
 
 def test_flow_is_exact_geometrically():

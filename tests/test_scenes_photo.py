@@ -9,7 +9,7 @@ from percept_cli.data.scenes import (
     COMPOUND, PLANE, _hit_object, _photo_albedo, _render_scene, _Texture, render_scene,
 )
 from percept_cli.errors import UsageError
-from tests.test_scenes import _warp_error
+from tests.helpers import warp_error
 
 # Four tiny "photos", each of one dominant hue with texture of several scales.
 HUES = np.array([[0.85, 0.2, 0.15], [0.15, 0.75, 0.2], [0.2, 0.3, 0.9], [0.9, 0.8, 0.15]])
@@ -64,9 +64,9 @@ def test_flow_is_exact_photometrically(bank):
     ratios = []
     for seed in range(4):
         scene, aux = _render_scene(seed, 80, shadows=False, photos=bank, effects=False)
-        exact = _warp_error(scene, aux, scene.flow)
-        zero = _warp_error(scene, aux, np.zeros_like(scene.flow))
-        shifted = _warp_error(scene, aux, scene.flow + np.float32(0.5))
+        exact = warp_error(scene, aux, scene.flow)
+        zero = warp_error(scene, aux, np.zeros_like(scene.flow))
+        shifted = warp_error(scene, aux, scene.flow + np.float32(0.5))
         assert exact < 4.0 and exact < shifted and exact < 0.6 * zero, (seed, exact, zero, shifted)
         ratios.append(exact / zero)
     assert np.mean(ratios) < 0.35

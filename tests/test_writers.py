@@ -36,14 +36,14 @@ def test_flo_round_trip_exact(tmp_path):
 
 
 def test_read_flo_rejects_bad_files(tmp_path):
-    bad = tmp_path / "bad.flo"
-    bad.write_bytes(b"not a flow file at all")
-    with pytest.raises(InputError, match="bad magic"):
-        W.read_flo(bad)
-    good = W.write_flo(tmp_path / "t.flo", np.zeros((4, 4, 2), np.float32))
-    (tmp_path / "trunc.flo").write_bytes(good.read_bytes()[:-8])
-    with pytest.raises(InputError, match="truncated"):
-        W.read_flo(tmp_path / "trunc.flo")
+    good = W.write_flo(tmp_path / "t.flo", np.zeros((4, 4, 2), np.float32)).read_bytes()
+    cases = {"magic.flo": (b"XXXX" + good[4:], "bad magic"), "short.flo": (good[:8], "bad magic"),
+             "trunc.flo": (good[:-8], "truncated"),
+             "size.flo": (good[:4] + np.array([-5, 3], "<i4").tobytes() + good[12:], "says -5x3")}
+    for name, (data, needle) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match=f"{name}.*{needle}"):
+            W.read_flo(tmp_path / name)
     with pytest.raises(InputError, match="missing.flo"):
         W.read_flo(tmp_path / "missing.flo")
 
@@ -326,8 +326,8 @@ def test_write_amodal_all_formats(tmp_path):
     mask[1:3, 1:4] = True
     soft = mask.astype(np.float32) * 0.9
     image = np.full((4, 5, 3), 10, np.uint8)
-    paths = write_amodal(tmp_path / "m", mask, soft, image, None, AMODAL_FORMATS)
-    assert [p.name for p in paths] == ["m.amodal.png", "m.amodal.npy", "m.amodal.overlay.png"]
+    paths = write_amodal(tmp_path / "m", mask, soft, image, None, AMODAL_FORMATS, whole=image)
+    assert [p.name for p in paths] == ["m.amodal.png", "m.amodal.npy", "m.amodal.overlay.png", "m.amodal.rgba.png"]
     png = cv2.imread(str(paths[0]), cv2.IMREAD_UNCHANGED)
     assert png.dtype == np.uint8 and set(np.unique(png)) == {0, 255}
     np.testing.assert_array_equal(png == 255, mask)
