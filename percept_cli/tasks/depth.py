@@ -243,7 +243,8 @@ class Depth(Task):
 
         return ((".depth.color.png", media.read_image),
                 (".depth.npy", lambda p: W.colorize_depth(np.load(p), self.options.colormap)),
-                (".depth.png", lambda p: W.colorize_depth(W.read_png16(p), self.options.colormap)))
+                (".depth.png", lambda p: W.colorize_depth(W.read_png16(p), self.options.colormap)),
+                (".depth.exr", lambda p: W.colorize_depth(_exr_depth(p), self.options.colormap)))
 
     def sample(self, scene, name):
         from percept_cli.data.datasets import DepthSample
@@ -264,6 +265,16 @@ class Depth(Task):
         from percept_cli.baselines import ramp_depth
 
         return {"ramp (bottom = near)": lambda s: ramp_depth(*s.depth.shape)}
+
+
+def _exr_depth(path: Path) -> np.ndarray:
+    """The Z channel of a NAME.depth.exr; ValueError when it has none."""
+    from percept_cli.writers import read_exr
+
+    channels = read_exr(path)
+    if "Z" not in channels:
+        raise ValueError(f"{path} has no Z channel")
+    return channels["Z"]
 
 
 TASK = Depth()
