@@ -602,6 +602,9 @@ class Trainer:
             rec[f"loss_{kind}"] = float(np.mean([l for l, k in zip(per, kinds) if k == kind]))
         return rec
 
+    def _agree(self, flag: bool) -> bool:
+        return _agree_any(flag, self.device) if self.world > 1 else flag
+
     def _no_sync(self, skip: bool):
         """While accumulating (skip): no gradient all-reduce (DDP) or reduce-scatter (FSDP) yet."""
         if not skip or self.world == 1:
@@ -666,12 +669,19 @@ class Trainer:
                     self.log(shown)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save("last")
-            if max_time is not None and time.time() - started > max_time:
+            if max_time is not None and self._agree(time.time() - started > max_time):
                 self.save("last")
                 break
         self.close_batches()
         if self.world > 1:
             torch.distributed.barrier()
+
+
+def _agree_any(flag: bool, device: torch.device) -> bool:
+    """True on every process when any process says so (all stop at the same step: saving is collective)."""
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def run(cfg: TrainConfig, resume: bool = True, max_time: float | None = None, log: Callable[[str], None] = print) -> Trainer:
