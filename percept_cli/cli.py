@@ -134,15 +134,14 @@ def depth(
     temporal: TemporalOpt = True,
     colormap: Annotated[Optional[str], typer.Option(
         "--colormap", show_default=False, rich_help_panel=_DEPTH,
-        help="Colours of NAME.depth.color.png and the .mp4: inferno, spectral, turbo or gray (near = bright/warm). "
-             "[default: inferno]")] = None,
+        help="Colours of NAME.depth.color.png and the .mp4: inferno, spectral, turbo or gray (near = bright/warm); default inferno.")] = None,
     fov: Annotated[Optional[float], typer.Option(
         "--fov", show_default=False, rich_help_panel=_DEPTH,
-        help="--format ply: horizontal field of view in degrees. [default: the image's EXIF focal length, else 60]")]
+        help="--format ply: horizontal field of view in degrees; default: the image's EXIF focal length, else 60.")]
     = None,
     max_uncertainty: Annotated[Optional[float], typer.Option(
         "--max-uncertainty", show_default=False, rich_help_panel=_DEPTH,
-        help="--format ply: drop points whose ensemble uncertainty is above this (needs --ensemble > 1).")] = None,
+        help="--format ply: drop points whose ensemble uncertainty is above this (needs --ensemble 3 or more).")] = None,
     align: Annotated[Optional[Path], typer.Option(
         "--align", show_default=False, rich_help_panel=_DEPTH,
         help="Known depths, lines 'x y metres' (pixel column, row): fit scale and shift robustly, write "

@@ -41,7 +41,6 @@ class DepthInput(TaskInput):
     path: Path | None = None  # the input file (a video for its frames): its EXIF, its --align folder file
 
 
-
 @dataclass
 class DepthResult:
     depth: np.ndarray  # (H, W) float32 in [0, 1], affine-invariant, 0 = near
