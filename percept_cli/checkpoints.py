@@ -26,6 +26,40 @@ class ModelSource:
     config: dict[str, Any] = field(default_factory=dict)  # percept.json: what the weights cannot say
 
 
+def source_from_folder(folder: str | Path, name: str, *, extra_config: dict[str, Any] | None = None) -> ModelSource:
+    """A ModelSource for a folder in our layout or the official one; ModelError lists what is missing."""
+    from percept_cli.errors import ModelError
+
+    folder, missing = Path(folder).expanduser(), []
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist: check the path")
+    has = lambda rel: (folder / rel).is_file()  # noqa: E731
+    config = {**(extra_config or {}), **(_read_json(folder / "percept.json") if has("percept.json") else {})}
+    vae = [] if has("vae/config.json") else ["vae/config.json"]
+    vae += [] if any(folder.glob("vae/diffusion_pytorch_model.*")) else ["vae/diffusion_pytorch_model.safetensors"]
+    sched = [] if has("scheduler/scheduler_config.json") else ["scheduler/scheduler_config.json"]
+    pts = sorted(folder.glob("*.pt"))
+    if config.get("layout") == "official" or (pts and not has("config.json")):
+        if len(pts) != 1:
+            missing.append("exactly one .pt state dict" + (f" (found {', '.join(p.name for p in pts)})" if pts else ""))
+        missing += (vae if (folder / "vae").is_dir() else ["vae/ (config.json + diffusion_pytorch_model.safetensors)"])
+        if config.get("layout") != "official" or not isinstance(config.get("num_heads"), int):
+            missing.append('percept.json with {"layout": "official", "num_heads": N}')
+        if missing + sched:
+            raise ModelError(f"model folder {folder} (official layout) lacks {'; '.join(missing + sched)}: add them, "
+                             "e.g. vae/ and scheduler/ from stabilityai/stable-diffusion-2")
+        return ModelSource(name=name, layout="official", weights=pts[0], vae=folder / "vae",
+                           scheduler=folder / "scheduler", config=config)
+    missing = [x for x, ok in (("config.json", has("config.json")), ("percept.json", has("percept.json")),
+                               ("*.safetensors weights", any(folder.glob("*.safetensors")))) if not ok]
+    missing += sched + (vae if (folder / "vae").is_dir() else [])
+    if missing:
+        hint = "" if has("config.json") else " (or, for the official layout: one .pt + vae/ + scheduler/ + percept.json)"
+        raise ModelError(f"model folder {folder} lacks {', '.join(missing)}: save it with percept's trainer{hint}")
+    return ModelSource(name=name, layout="percept", root=folder, vae=folder / "vae" if (folder / "vae").is_dir()
+                       else None, scheduler=folder / "scheduler", config=config)
+
+
 OFFICIAL_DEFAULTS = dict(in_channels=4, learn_sigma=True, top_k=2, norm_topk_prob=False, mlp_ratio=4.0)
 OFFICIAL_TASK_LABELS = (1000, 1001, 1002, 1003)  # conv_in_1..4 serve depth, amodal, flow-u, flow-v
 

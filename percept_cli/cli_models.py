@@ -16,7 +16,7 @@ import typer
 
 from percept_cli import hub
 from percept_cli import lock as lockfile
-from percept_cli.errors import ChecksumError, ModelNotCachedError
+from percept_cli.errors import ChecksumError
 
 app = typer.Typer(help="Model weights: weights.lock, the Hugging Face cache, offline use.", no_args_is_help=True)
 
@@ -37,19 +37,21 @@ def _out(obj: dict[str, Any], json_out: bool, title: str, columns: list[str], ro
     Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
-def _files(entry: lockfile.LockEntry) -> list[dict[str, Any]]:
-    return [hub.file_row(f, hub.cached_file(f)) for f in entry.files]
+def _entry(e: lockfile.LockEntry, lock: lockfile.Lock) -> dict[str, Any]:
+    """A model's lock fields, which lock pinned it, and its files with where they are cached."""
+    return {"name": e.name, "lock": str(e.source), "default": e.name == lock.default, "description": e.description,
+            "tasks": list(e.tasks), "parameters": e.parameters, "layout": e.layout, "builtin": e.builtin,
+            "pinned": e.pinned, "download_size": e.download_size,
+            "files": [hub.file_row(f, hub.cached_file(f)) for f in e.files]}
 
 
 @app.command("list")
 def list_models(json_out: JsonOpt = False) -> None:
     """List the models: tasks, size, whether cached and pinned, and which lock pinned them."""
     lock = lockfile.load_lock()
-    rows = [{"name": e.name, "default": e.name == lock.default, "description": e.description, "tasks": list(e.tasks),
-             "parameters": e.parameters, "layout": e.layout, "builtin": e.builtin, "download_size": e.download_size,
-             "files": len(e.files), "cached_files": sum(bool(f["cache_path"]) for f in _files(e)),
-             "pinned": e.pinned, "lock": str(e.source)} for e in lock.models.values()]
+    rows = [_entry(e, lock) for e in lock.models.values()]
     for r in rows:
+        r["files"], r["cached_files"] = len(r["files"]), sum(bool(f["cache_path"]) for f in r["files"])
         r["cached"] = r["files"] > 0 and r["cached_files"] == r["files"]
     _out({"lock": str(lock.path), "user_lock": str(lockfile.user_lock_path()), "default": lock.default,
           "models": rows}, json_out, f"models in {lock.path}" + (f" and {lock.user}" if lock.user else ""),
@@ -73,10 +75,7 @@ def pull(
     """Download and verify a model (--pin: pin an unpinned one first, trust on first use)."""
     hub.hf_hub()
     entry = None if name.startswith("hf://") else lockfile.load_lock().entry(name)
-    pinning = entry is not None and not entry.builtin and not entry.pinned
-    if pinning and not pin:
-        raise ModelNotCachedError(f"model '{name}' is unpinned in {entry.source}: run `percept models pull "
-                                  f"{name} --pin` to pin it at the repo's current commit (trust on first use)")
+    pinning = pin and entry is not None and not entry.builtin and not entry.pinned  # else hub names --pin
     if pinning:
         typer.echo(f"pinning '{name}' at the current commit of its repos: trust on first use, the Hub's bytes "
                    "today become what every later load must match", err=True)
@@ -115,11 +114,8 @@ def info(name: NameArg, json_out: JsonOpt = False) -> None:
     """Show every lock field of a model, which lock pinned it, and where its files are cached."""
     lock = lockfile.load_lock()
     entry = lock.entry(name)
-    obj = {"name": entry.name, "lock": str(entry.source), "default": entry.name == lock.default,
-           "description": entry.description, "tasks": list(entry.tasks), "parameters": entry.parameters,
-           "layout": entry.layout, "builtin": entry.builtin, "folder": entry.folder or None, "config": entry.config,
-           "pinned": entry.pinned, "download_size": entry.download_size,
-           "hub_cache": None if entry.builtin else str(hub.hub_cache_dir()), "files": _files(entry)}
+    obj = {**_entry(entry, lock), "folder": entry.folder or None, "config": entry.config,
+           "hub_cache": None if entry.builtin else str(hub.hub_cache_dir())}
     for key, value in ({} if json_out else obj).items():
         if key != "files":
             typer.echo(f"{key}: {json.dumps(value) if key == 'config' else value}")

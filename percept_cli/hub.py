@@ -1,10 +1,9 @@
 """Model files on disk, verified: lock entries (lock.py) fetched from the Hub, local folders, hf:// specs.
 
-huggingface_hub does the work: the cache is looked up first (no network), `get_hf_file_metadata` gives
-each file's commit, size and LFS sha256 without retries (a dead Hub fails at once, before any download),
-and `hf_hub_download` fetches it at its pinned commit; every file is then checked against its sha256.
-Read at call time: HF_HUB_CACHE > HF_HOME/hub, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, and PERCEPT_CACHE >
-XDG_CACHE_HOME/percept (verified.json: digests of files already checked, by path, size, mtime and inode).
+huggingface_hub does the work: its cache first (no network), `get_hf_file_metadata` for each file's commit, size
+and LFS sha256 without retries (a dead Hub fails before any download), `hf_hub_download` at the pinned commit; every
+file is then checked against its sha256. Read at call time: HF_HUB_CACHE > HF_HOME/hub, HF_ENDPOINT, HF_TOKEN,
+HF_HUB_OFFLINE, PERCEPT_CACHE > XDG_CACHE_HOME/percept (verified.json: digests by path, size, mtime and inode).
 """
 
 from __future__ import annotations
@@ -17,18 +16,22 @@ import re
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
+from percept_cli.checkpoints import ModelSource, source_from_folder  # noqa: F401 (hub.source_from_folder)
 from percept_cli.errors import ChecksumError, DownloadError, ModelError, ModelNotCachedError, UsageError
 from percept_cli.lock import (COMMIT_RE, PACKAGE_DIR, SHA256_RE, Lock, LockEntry, LockFile, atomic_write, load_lock,
                               read_json, user_lock_path, write_lock_files)
 
-if TYPE_CHECKING:
-    from percept_cli.checkpoints import ModelSource
-
 OFFICIAL_ROLES = ("weights", "vae_weights", "vae_config", "scheduler_config")
 LARGE_DOWNLOAD = 1_000_000_000  # bytes; above this the download notice recommends a GPU
 HF_SPEC_RE = re.compile(r"hf://(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>[^/\s]+)(?:/(?P<path>\S*))?")
+HTTP_ERRORS = {  # what a failed Hub call says, by HTTP status (0: no answer; 500: any other)
+    0: "download of {what} from {endpoint} broke off ({error}): run `percept models pull {model}`",
+    401: "{endpoint} refused {what} (HTTP {status}): set HF_TOKEN to a token that can read it",
+    404: "{what} was not found on {endpoint} (HTTP 404): check repo, commit and path in the lock or hf:// spec",
+    500: "{endpoint} answered HTTP {status} for {what}: run `percept models pull {model}` later, or check HF_ENDPOINT"}
+HTTP_ERRORS[403] = HTTP_ERRORS[401]
 USER_LOCK_HEADER = ("percept's user lock: models pinned by `percept models pull NAME --pin` (trust on first use),\n"
                     "read over the packaged weights.lock. Delete a model's tables here to pin it again.")
 
@@ -43,6 +46,15 @@ def hub_cache_dir() -> Path:
 
 def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _auth() -> dict[str, Any]:
+    """huggingface_hub's endpoint and token keywords, read at call time."""
+    return {"endpoint": hub_endpoint(), "token": os.environ.get("HF_TOKEN") or None}
+
+
+def _timeout() -> float:
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
 
 
 def hf_hub() -> Any:
@@ -67,58 +79,20 @@ def file_sha256(path: str | Path, *, trust_cache: bool = True) -> str:
     """sha256 of a file, reusing the digest verified.json holds for the same (real path, size, mtime, inode)."""
     real, xdg = os.path.realpath(path), Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     store_path = Path(os.environ.get("PERCEPT_CACHE") or xdg / "percept").expanduser() / "verified.json"
-
-    def ident() -> dict[str, int]:
-        st = os.stat(real)
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-
-    before = ident()
+    ident = lambda st: {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}  # noqa: E731
+    before = ident(os.stat(real))
     store = {k: v for k, v in read_json(store_path, {}).items() if os.path.exists(k)}
     rec = store.get(real)
     if trust_cache and isinstance(rec, dict) and {k: rec.get(k) for k in before} == before \
             and SHA256_RE.fullmatch(str(rec.get("sha256"))):
         return rec["sha256"]
     digest = sha256_file(real)
-    if ident() == before:  # unchanged while hashing: safe to remember (a read-only cache only costs time)
+    if ident(os.stat(real)) == before:  # unchanged while hashing: safe to remember (a read-only cache only costs time)
         try:
             atomic_write(store_path, json.dumps({**store, real: {**before, "sha256": digest}}, indent=1) + "\n")
         except OSError:
             pass
     return digest
-
-
-def source_from_folder(folder: str | Path, name: str, *, extra_config: dict[str, Any] | None = None) -> ModelSource:
-    """A ModelSource for a folder in our layout or the official one; ModelError lists what is missing."""
-    from percept_cli.checkpoints import ModelSource
-
-    folder, missing = Path(folder).expanduser(), []
-    if not folder.is_dir():
-        raise ModelError(f"model folder {folder} does not exist: check the path")
-    has = lambda rel: (folder / rel).is_file()  # noqa: E731
-    config = {**(extra_config or {}), **(read_json(folder / "percept.json") if has("percept.json") else {})}
-    vae = [] if has("vae/config.json") else ["vae/config.json"]
-    vae += [] if any(folder.glob("vae/diffusion_pytorch_model.*")) else ["vae/diffusion_pytorch_model.safetensors"]
-    sched = [] if has("scheduler/scheduler_config.json") else ["scheduler/scheduler_config.json"]
-    pts = sorted(folder.glob("*.pt"))
-    if config.get("layout") == "official" or (pts and not has("config.json")):
-        if len(pts) != 1:
-            missing.append("exactly one .pt state dict" + (f" (found {', '.join(p.name for p in pts)})" if pts else ""))
-        missing += (vae if (folder / "vae").is_dir() else ["vae/ (config.json + diffusion_pytorch_model.safetensors)"])
-        if config.get("layout") != "official" or not isinstance(config.get("num_heads"), int):
-            missing.append('percept.json with {"layout": "official", "num_heads": N}')
-        if missing + sched:
-            raise ModelError(f"model folder {folder} (official layout) lacks {'; '.join(missing + sched)}: add them, "
-                             "e.g. vae/ and scheduler/ from stabilityai/stable-diffusion-2")
-        return ModelSource(name=name, layout="official", weights=pts[0], vae=folder / "vae",
-                           scheduler=folder / "scheduler", config=config)
-    missing = [x for x, ok in (("config.json", has("config.json")), ("percept.json", has("percept.json")),
-                               ("*.safetensors weights", any(folder.glob("*.safetensors")))) if not ok]
-    missing += sched + (vae if (folder / "vae").is_dir() else [])
-    if missing:
-        hint = "" if has("config.json") else " (or, for the official layout: one .pt + vae/ + scheduler/ + percept.json)"
-        raise ModelError(f"model folder {folder} lacks {', '.join(missing)}: save it with percept's trainer{hint}")
-    return ModelSource(name=name, layout="percept", root=folder, vae=folder / "vae" if (folder / "vae").is_dir()
-                       else None, scheduler=folder / "scheduler", config=config)
 
 
 Fetched = NamedTuple("Fetched", [("file", LockFile), ("path", Path)])  # lock fields as found, and where
@@ -156,33 +130,26 @@ def _hub_call(call: Any, what: str, model: str, *, probing: bool) -> Any:
     try:
         return call(hf_hub())
     except Exception as e:
-        err, endpoint = e, hub_endpoint()
+        err = e
         while err.__cause__ and not isinstance(err, hf_hub().errors.HfHubHTTPError):  # hf_hub_download wraps it
             err = err.__cause__  # type: ignore[assignment]
         status = getattr(getattr(err, "response", None), "status_code", None)
-        if not isinstance(err, hf_hub().errors.HfHubHTTPError) or not status:
-            if probing:  # no HTTP answer at all: refused, timed out
-                raise _unreachable(model) from None
-            msg = f"download of {what} from {endpoint} broke off ({type(e).__name__}): run `percept models pull {model}`"
-        elif status in (401, 403):
-            msg = f"{endpoint} refused {what} (HTTP {status}): set HF_TOKEN to a token that can read it"
-        elif status == 404:
-            msg = f"{what} was not found on {endpoint} (HTTP 404): check repo, commit and path in the lock or hf:// spec"
-        else:
-            msg = f"{endpoint} answered HTTP {status} for {what}: run `percept models pull {model}` later, or check HF_ENDPOINT"
-        raise DownloadError(msg) from None
+        status = status if isinstance(err, hf_hub().errors.HfHubHTTPError) and status else 0
+        if probing and not status:  # no HTTP answer at all: refused, timed out
+            raise _unreachable(model) from None
+        raise DownloadError(HTTP_ERRORS.get(status, HTTP_ERRORS[500] if status else HTTP_ERRORS[0]).format(
+            what=what, endpoint=hub_endpoint(), status=status, model=model, error=type(e).__name__)) from None
 
 
 def _probe(files: Sequence[LockFile], model: str) -> list[LockFile]:
     """HEAD each file, without retries: its commit (unpinned: the one `main` points to now, one per repo), size
     and LFS sha256, refusing any the lock contradicts before a byte is downloaded."""
     heads: dict[str, str] = {}
-    out = []
+    out: list[LockFile] = []
     for f in files:
-        meta = _hub_call(lambda hf: hf.get_hf_file_metadata(
-            hf.hf_hub_url(f.repo, f.path, revision=f.revision or heads.get(f.repo, "main"), endpoint=hub_endpoint()),
-            token=os.environ.get("HF_TOKEN") or None, timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)),
-            _label(f), model, probing=True)
+        meta = _hub_call(lambda hf: hf.get_hf_file_metadata(hf.hf_hub_url(
+            f.repo, f.path, revision=f.revision or heads.get(f.repo, "main"), endpoint=hub_endpoint()),
+            token=_auth()["token"], timeout=_timeout()), _label(f), model, probing=True)
         if not COMMIT_RE.fullmatch(meta.commit_hash or ""):
             raise DownloadError(f"{hub_endpoint()} did not answer like a Hugging Face Hub for {_label(f)} "
                                 "(no X-Repo-Commit header): check HF_ENDPOINT")
@@ -237,8 +204,7 @@ def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool,
                   flush=True)
         for f in missing:
             paths[f] = Path(_hub_call(lambda hf: hf.hf_hub_download(
-                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), endpoint=hub_endpoint(),
-                token=os.environ.get("HF_TOKEN") or None, force_download=force,
+                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), force_download=force, **_auth(),
                 tqdm_class=None if progress else _quiet(hf)), _label(f), name, probing=False))
     return [Fetched(_check(f, paths[f], name, trust_cache=trust_cache, fix=fix_for(model)), paths[f])  # type: ignore
             for f in files]
@@ -294,8 +260,6 @@ def _fetch_entry(entry: LockEntry, *, download: bool, progress: bool, force: boo
 
 def _source_for_entry(entry: LockEntry, fetched: list[Fetched]) -> ModelSource:
     """Build the ModelSource of a lock entry from its verified files."""
-    from percept_cli.checkpoints import ModelSource
-
     by_role = {x.file.role: x.path for x in fetched}
     if entry.layout == "percept":
         if "config" not in by_role:
@@ -332,9 +296,8 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool, force: bool = Fals
             pass
     if not download:
         raise ModelNotCachedError(f"model '{spec}' is not cached: run `percept models pull {spec}`, or use --model tiny")
-    info = _hub_call(lambda hf: hf.HfApi(endpoint=hub_endpoint(), token=os.environ.get("HF_TOKEN") or None).model_info(
-        repo, revision=rev, files_metadata=True, timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)),
-        f"{repo}@{rev[:12]}", spec, probing=True)
+    info = _hub_call(lambda hf: hf.HfApi(**_auth()).model_info(repo, revision=rev, files_metadata=True,
+                                                                 timeout=_timeout()), f"{repo}@{rev[:12]}", spec, probing=True)
     wanted = sorted((s for s in info.siblings or [] if s.rfilename.startswith(f"{sub}/" if sub else "")),
                     key=lambda s: (s.rfilename.rpartition("/")[2] in ("percept.json", "config.json"), s.rfilename))
     if not wanted:
