@@ -117,16 +117,16 @@ def _label(f: LockFile) -> str:
         f"builtin file {PACKAGE_DIR / f.path}"
 
 
-def _unreachable(model: str) -> ModelNotCachedError:
-    return ModelNotCachedError(f"model '{model}' is not cached and the Hub cannot be reached: run "
-                               f"`percept models pull {model}` on a networked machine, or use --model tiny")
+def _not_cached(model: str, offline: bool = False) -> ModelNotCachedError:
+    return ModelNotCachedError(f"model '{model}' is not cached{' and the Hub cannot be reached' * offline}: run "
+                               f"`percept models pull {model}`{' on a networked machine' * offline}, or use --model tiny")
 
 
 def _hub_call(call: Any, what: str, model: str, *, probing: bool) -> Any:
     """Run a huggingface_hub call; map its failure to a percept error naming the file and the fix."""
     if any((os.environ.get(v) or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        raise _unreachable(model)
+        raise _not_cached(model, offline=True)
     try:
         return call(hf_hub())
     except Exception as e:
@@ -136,7 +136,7 @@ def _hub_call(call: Any, what: str, model: str, *, probing: bool) -> Any:
         status = getattr(getattr(err, "response", None), "status_code", None)
         status = status if isinstance(err, hf_hub().errors.HfHubHTTPError) and status else 0
         if probing and not status:  # no HTTP answer at all: refused, timed out
-            raise _unreachable(model) from None
+            raise _not_cached(model, offline=True) from None
         raise DownloadError(HTTP_ERRORS.get(status, HTTP_ERRORS[500] if status else HTTP_ERRORS[0]).format(
             what=what, endpoint=hub_endpoint(), status=status, model=model, error=type(e).__name__)) from None
 
@@ -195,8 +195,7 @@ def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool,
         if not missing[0].repo:
             raise ModelError(f"{_label(missing[0])} of model '{name}' is missing: {fix_for(model)}")
         if not download:
-            raise ModelNotCachedError(f"model '{name}' is not cached: run `percept models pull {name}`, "
-                                      "or use --model tiny")
+            raise _not_cached(name)
         total = sum(f.size for f in (missing if probed else _probe(missing, name)))
         if progress or total >= LARGE_DOWNLOAD:
             gpu = "; a GPU is recommended" if total >= LARGE_DOWNLOAD else ""
@@ -295,7 +294,7 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool, force: bool = Fals
         except ModelError:
             pass
     if not download:
-        raise ModelNotCachedError(f"model '{spec}' is not cached: run `percept models pull {spec}`, or use --model tiny")
+        raise _not_cached(spec)
     info = _hub_call(lambda hf: hf.HfApi(**_auth()).model_info(repo, revision=rev, files_metadata=True,
                                                                  timeout=_timeout()), f"{repo}@{rev[:12]}", spec, probing=True)
     wanted = sorted((s for s in info.siblings or [] if s.rfilename.startswith(f"{sub}/" if sub else "")),
