@@ -42,6 +42,24 @@ def write_chairs(root: Path, n: int = 3) -> Path:
     return root
 
 
+def write_pix2gestalt(root: Path, n: int = 2) -> Path:
+    """n pix2gestalt items: occlusion/, visible_object_mask/, whole_mask/ and whole/ (the object on white), 24x32."""
+    rng = np.random.default_rng(3)
+    for sub in ("occlusion", "visible_object_mask", "whole_mask", "whole"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        whole = np.zeros((24, 32), np.uint8)
+        whole[6:18, 8:24] = 255
+        visible = whole.copy()
+        visible[:, 16:] = 0
+        cv2.imwrite(str(root / "occlusion" / f"{i}_occlusion.png"), rng.integers(0, 255, (24, 32, 3), np.uint8))
+        cv2.imwrite(str(root / "visible_object_mask" / f"{i}_visible_mask.png"), visible)
+        cv2.imwrite(str(root / "whole_mask" / f"{i}_whole_mask.png"), whole)
+        obj = np.where(whole[..., None] > 0, rng.integers(0, 200, (24, 32, 3)), 255).astype(np.uint8)
+        cv2.imwrite(str(root / "whole" / f"{i}_whole.png"), obj)
+    return root
+
+
 def test_mixture_of_dataset_folders_and_scenes_trains(tmp_path):
     hyp, chairs = write_hypersim(tmp_path / "hypersim"), write_chairs(tmp_path / "chairs")
     toml = tmp_path / "mix.toml"

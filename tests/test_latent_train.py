@@ -164,3 +164,46 @@ def test_cli_finetunes_the_official_layout_and_the_result_runs_with_model(tmp_pa
                            "--ensemble", 1, "-o", tmp_path / "out", "--device", "cpu")
     assert code == 0, err
     assert np.load(tmp_path / "out" / "in.depth.npy").shape == (48, 64)
+
+
+def test_generalist_finetune_config_at_small_scale(tmp_path, official_folder):
+    """configs/generalist-finetune.toml as shipped, with only sizes and paths made small: the official-layout
+    fixture for the generalist, Hypersim/FlyingChairs/pix2gestalt folders written here, 64 px, bf16 autocast,
+    grad_accum, activation checkpointing; the checkpoint exports (fp16) and loads as a model."""
+    from percept_cli.checkpoints import export_percept
+    from percept_cli.hub import source_from_folder
+    from percept_cli.pipeline import Predictor
+    from percept_cli.tomlcompat import tomllib
+    from tests.test_data_mixture import write_chairs, write_hypersim, write_pix2gestalt
+
+    shipped = Path(__file__).parent.parent / "configs" / "generalist-finetune.toml"
+    values = tomllib.loads(shipped.read_text())
+    paths = {"hypersim": write_hypersim(tmp_path / "hyp"), "flyingchairs": write_chairs(tmp_path / "chairs"),
+             "pix2gestalt": write_pix2gestalt(tmp_path / "p2g")}
+    assert [d["kind"] for d in values["data"]] == list(paths)
+    values["data"] = [{**d, "path": str(paths[d["kind"]])} for d in values["data"]]
+    small = dict(resolution=64, batch_size=2, grad_accum=2, max_steps=2, warmup=1, threads=1, loader_workers=0,
+                 latent_cache=str(tmp_path / "cache"), out=str(tmp_path / "run"), init=str(official_folder))
+    cfg = TrainConfig(**{**values, **small, "flow_scale": tuple(values.get("flow_scale", (8.0, 8.0)))})
+    assert cfg.strategy == "fsdp" and cfg.activation_checkpointing and cfg.autocast == "bf16"
+    trainer = run(cfg, **QUIET)
+    assert trainer.latent and [s.name for s in trainer.sources()] == list(paths)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # one latent cache per dataset
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss"])
+    exported = export_percept(tmp_path / "run" / "checkpoint-last", tmp_path / "export", dtype="fp16")
+    pred = Predictor.from_source(source_from_folder(exported, "ft"), device="cpu", dtype="fp32")
+    assert set(pred.tasks) == {"depth", "flow", "amodal"} and type(pred.autoencoder).__name__ == "VAE"
+
+
+def test_benchmark_computes_generalist_memory():
+    import importlib.util
+
+    script = Path(__file__).parent.parent / "benchmarks" / "train_latent.py"
+    spec = importlib.util.spec_from_file_location("train_latent_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.generalist_memory([1, 8])
+    assert res["parameters"] == 2_758_511_264 and res["kind"] == "computed"  # official-checkpoint.md section 1
+    one, eight = res["per_gpu"]
+    assert one["ddp_gib"] == eight["ddp_gib"] > 50 and eight["fsdp_gib"] < one["ddp_gib"] / 7
