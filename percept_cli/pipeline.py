@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolu
                                 tiles=2)
 # How a non-square input meets the square processing grid: stretch = squash it (the official script),
 # pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio),
-# tile = the whole image (stretched) for the layout plus overlapping square crops for detail, each crop
+# tile = the whole image (letterboxed) for the layout plus overlapping square crops for detail, each crop
 # fitted to its neighbours by scale and shift and blended (tiling.py; tasks with a blend rule: depth).
 FITS = ("stretch", "pad", "tile")
 
@@ -317,8 +317,8 @@ class Predictor:
         """fit=tile and flow's --backward: each input becomes several inputs to predict (they share batches like
         any others), combined into one result when its last part is done.
 
-        tile: part 0 is the whole image (stretched to the grid: the layout), then the square crops of
-        tiling.plan_tiles (square, so stretch only resizes them); Task.merge_tiles blends them.
+        tile: part 0 is the whole image (letterboxed to the grid, as fit=pad: the layout), then the square
+        crops of tiling.plan_tiles (square, so pad only resizes them); Task.merge_tiles blends them.
         backward: parts A -> B and B -> A (with the user's fit); Task.with_backward adds the occlusion.
         """
         from percept_cli.tiling import plan_tiles
@@ -340,7 +340,7 @@ class Predictor:
                 parts += [item, TaskInput(item.extra, item.image, f"{item.name} (backward)")]
                 owner += [(i, "forward"), (i, "backward")]
         left = np.bincount([i for i, _ in owner], minlength=len(inputs))  # parts still to come, per input
-        inner = replace(settings, fit="stretch" if settings.fit == "tile" else settings.fit, backward=False)
+        inner = replace(settings, fit="pad" if settings.fit == "tile" else settings.fit, backward=False)
         got: dict[int, dict[int, Any]] = {}
         for j, res in self.predict_iter(task, parts, inner, on_step):
             i = owner[j][0]
@@ -350,7 +350,7 @@ class Predictor:
                 continue
             done = [(owner[k][1], r) for k, r in sorted(got.pop(i).items())]  # in part order
             if settings.fit == "tile":  # the layout, then the crops in raster order
-                result = spec.merge_tiles(done[0][1], done[1:])
+                result = spec.merge_tiles(done[0][1], done[1:], settings.resolution)
             else:
                 result = spec.with_backward(done[0][1], done[1][1])
             yield i, result

@@ -35,10 +35,29 @@ def test_merge_recovers_detail_from_rescaled_tiles():
     for y0, y1, x0, x1 in plan_tiles(h, w, 2):
         crop = truth[y0:y1, x0:x1]
         tiles.append(((y0, y1, x0, x1), rng.uniform(0.5, 2.0) * crop + rng.uniform(-1, 1)))  # each in its own units
-    merged = merge_depth_tiles(layout.astype(np.float32), tiles)
     target = (truth - truth.min()) / (truth.max() - truth.min())
-    assert np.abs(merged - target).mean() < 0.01  # stripes back, tiles agree where they overlap
-    assert np.abs(layout - truth).mean() > 0.03
+    layout01 = (layout - layout.min()) / np.ptp(layout)
+    assert np.abs(layout01 - target).mean() > 0.04
+    for resolution in (None, 8, 16):  # the plain blend, and the layout's coarse part + the crops' detail
+        merged = merge_depth_tiles(layout.astype(np.float32), tiles, resolution)
+        # stripes back (each crop fitted to the stripeless layout: its scale a little off), no crop's own units
+        assert np.abs(merged - target).mean() < 0.02, resolution
+
+
+def test_merge_keeps_the_layout_coarse_and_the_crops_fine():
+    h, w = 120, 160
+    yy, xx = np.mgrid[0:h, 0:w]
+    coarse = xx / (w - 1)  # the layout: right
+    fine = 0.05 * ((xx // 4) % 2)  # detail only the crops resolve
+    tiles = [((y0, y1, x0, x1), (coarse + fine)[y0:y1, x0:x1] + 0.3 * (x0 / w) ** 2 * (xx[y0:y1, x0:x1] / w))
+             for y0, y1, x0, x1 in plan_tiles(h, w, 2)]  # crops whose coarse shape is off (a zoomed-in view)
+    merged = merge_depth_tiles(coarse.astype(np.float32), tiles, resolution=32)
+    want = coarse + fine
+    want = (want - want.min()) / np.ptp(want)
+    plain = merge_depth_tiles(coarse.astype(np.float32), tiles)
+    assert np.abs(merged - want).mean() < np.abs(plain - want).mean()
+    stripes = np.abs(np.diff(merged[60, 40:120])).mean()
+    assert stripes > 0.5 * np.abs(np.diff(want[60, 40:120])).mean()  # the fine detail is there
 
 
 def test_merge_checks_tile_shapes():

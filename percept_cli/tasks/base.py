@@ -181,8 +181,8 @@ class Task:
     # fit=tile (pipeline): a task that can blend overlapping crops says so and merges them.
     tileable: bool = False
 
-    def merge_tiles(self, layout: Any, tiles: list[tuple[tuple[int, int, int, int], Any]]) -> Any:
-        """The whole-image result (the layout) and [((y0, y1, x0, x1), crop result)] -> one result."""
+    def merge_tiles(self, layout: Any, tiles: list[tuple[tuple[int, int, int, int], Any]], resolution: int) -> Any:
+        """The whole-image result (the layout), [((y0, y1, x0, x1), crop result)] and the grid -> one result."""
         raise NotImplementedError
 
     # -- outputs ----------------------------------------------------------------------------------

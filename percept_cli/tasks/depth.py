@@ -163,11 +163,11 @@ class Depth(Task):
 
     tileable = True  # --fit tile: crops are fitted to their neighbours by scale and shift (tiling.py)
 
-    def merge_tiles(self, layout, tiles):
+    def merge_tiles(self, layout, tiles, resolution):
         from percept_cli.tiling import merge_depth_uncertainty
 
         depth, unc = merge_depth_uncertainty(layout.depth, layout.uncertainty,
-                                             [(box, r.depth, r.uncertainty) for box, r in tiles])
+                                             [(box, r.depth, r.uncertainty) for box, r in tiles], resolution)
         return DepthResult(depth, unc)
 
     def plan(self, stem, formats, uncertainty):
