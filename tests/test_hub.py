@@ -82,6 +82,11 @@ def test_load_lock_rejects_bad_fields(tmp_path: Path, field: str, value: str, ne
         L.load_lock(tmp_path / "l.toml")
 
 
+def test_a_developers_own_user_lock_never_reaches_the_tests(no_user_lock: Path) -> None:
+    """conftest points PERCEPT_LOCK at a temporary path, so ~/.config/percept/weights.lock is never read here."""
+    assert L.user_lock_path() == no_user_lock and not no_user_lock.exists() and L.load_lock().user is None
+
+
 def test_default_model_name_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "l.toml").write_text(lock_text("m", []))
     monkeypatch.setenv("PERCEPT_WEIGHTS_LOCK", str(tmp_path / "l.toml"))
