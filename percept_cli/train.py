@@ -370,7 +370,9 @@ class Trainer:
             if cfg.vae:
                 self._use_vae(cfg.vae)
             self.autoencoder.to(self.device)
-            self.init_pipeline = {k: v for k, v in pipeline.items() if k not in ("layout", "num_heads", "train")}
+            model_keys = {"layout", "num_heads", "train", "patch_size", "in_channels", "learn_sigma", "top_k",
+                          "norm_topk_prob", "mlp_ratio", "routed_labels"}  # the model's config.json says these
+            self.init_pipeline = {k: v for k, v in pipeline.items() if k not in model_keys}
             if "flow_scale" in pipeline:
                 self.flow_scale = tuple(float(x) for x in pipeline["flow_scale"])
             model.train().requires_grad_(True)
