@@ -373,7 +373,12 @@ def eval_(
         res = evaluate_temporal(predictor, sequence_set(synthetic, frames, size), **settings)
         res.update(model=name, data=f"synthetic sequences ({synthetic} x {frames} frames, {size} px)",
                    scores=res.pop("model"))
-        typer.echo(json.dumps(res)) if json_out else print_eval_table(res)
+        if json_out:
+            typer.echo(json.dumps(res))
+        else:
+            print_eval_table(res)
+            c = res["change"]
+            typer.echo(f"temporal vs --no-temporal: flicker {c['flicker']:+.1%}, per-frame AbsRel {c['abs_rel']:+.1%}")
         return
     for label, t, samples in sets:
         res = evaluate(predictor, t, samples, **settings)
