@@ -328,14 +328,20 @@ class Trainer:
         self.step = 0
         # Batches are built on the CPU from (seed, rank, step) (StepBatches); timesteps and noise are drawn
         # on the training device, so a GPU run never waits for them; that generator is checkpointed.
-        self.gen = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.rank)
-        self.pool: ScenePool | None = None
+        # Data shards: micro-batch j of process r is shard r * grad_accum + j of world * grad_accum, each with
+        # its own items, batches and noise; so 1 process accumulating 2 micro-batches trains on exactly the
+        # data (and noise) of 2 processes accumulating 1 (with grad_accum = 1: shard = rank).
+        self.num_shards = self.world * cfg.grad_accum
+        self.shards = [self.rank * cfg.grad_accum + j for j in range(cfg.grad_accum)]
+        self.gens = [torch.Generator(self.device).manual_seed(cfg.seed * 1000 + k) for k in self.shards]
+        self.gen = self.gens[0]  # the one loss() draws from (train_step points it at each micro-batch's)
+        self.pools: dict[int, ScenePool] = {}
         workers = cfg.loader_workers
         if workers is None:  # on a GPU, worker processes build batches while it trains
             workers = min(6, max(1, (os.cpu_count() or 2) - 2)) if self.device.type == "cuda" else 0
         self.loader_workers = workers
-        self._batches: Iterator | None = None
-        self._sources: list | None = None
+        self._batches: list[Iterator] | None = None
+        self._sources: dict[int, list] = {}
 
     # -- the model to start from -----------------------------------------------------------------
 
@@ -418,10 +424,11 @@ class Trainer:
         """Rank 0 writes OUT/checkpoint-<name>/: the EMA model in our layout (with the VAE: vae/), and
         train_state.pt (model, optimizer, step, every process's RNG states). Every process calls it."""
         model_sd, ema_sd, opt_sd = self._full_states()
-        gens = [self.gen.get_state()]
+        gens = [g.get_state().cpu() for g in self.gens]  # one per data shard, in shard order
         if self.world > 1:
-            gens = [None] * self.world
-            torch.distributed.all_gather_object(gens, self.gen.get_state().cpu())
+            every = [None] * self.world
+            torch.distributed.all_gather_object(every, gens)
+            gens = [g for part in every for g in part]
         folder = self.out / f"checkpoint-{name}"
         if self.rank == 0:
             self._write(folder, name, model_sd, ema_sd, opt_sd, gens)
@@ -474,30 +481,34 @@ class Trainer:
             self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         gens = state.get("gens") or [state["gen"]]
-        self.gen.set_state(gens[self.rank] if len(gens) == self.world else state["gen"])
+        for k, gen in zip(self.shards, self.gens):  # another shard count: rank 0's state (not exact)
+            gen.set_state(gens[k] if len(gens) == self.num_shards else state["gen"])
         torch.set_rng_state(state["torch_rng"])
 
     # -- one step ---------------------------------------------------------------------------------
 
-    def scene_pool(self) -> ScenePool:
-        """This rank's shard of rendered scenes, rendered once and cached beside the run."""
-        if self.pool is None:
-            cfg = self.cfg
-            start = self.rank * cfg.train_scenes // self.world
-            stop = (self.rank + 1) * cfg.train_scenes // self.world
-            style = "-photo" if cfg.textures else ""
-            self.pool = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{start}-{stop}{style}.npz",
-                                         range(start, stop), cfg.resolution, workers=cfg.render_workers,
-                                         textures=cfg.textures)
-        return self.pool
+    def _seeds(self, shard: int) -> range:
+        n = self.cfg.train_scenes
+        return range(shard * n // self.num_shards, (shard + 1) * n // self.num_shards)
 
-    def sources(self) -> list | None:
-        """The mixture's sources ([[data]] tables; latent training: at least the scenes), pools loaded
-        (latents: encoded once, cached); None for the plain scene loop."""
+    def scene_pool(self, j: int = 0) -> ScenePool:
+        """The rendered scenes of this process's data shard j, rendered once and cached beside the run."""
+        if j not in self.pools:
+            cfg = self.cfg
+            seeds = self._seeds(self.shards[j])
+            style = "-photo" if cfg.textures else ""
+            self.pools[j] = ScenePool.cached(self.out / f"scenes-{cfg.resolution}-{seeds.start}-{seeds.stop}{style}.npz",
+                                             seeds, cfg.resolution, workers=cfg.render_workers, textures=cfg.textures)
+        return self.pools[j]
+
+    def sources(self, j: int = 0) -> list | None:
+        """The mixture's sources of data shard j ([[data]] tables; latent training: at least the scenes),
+        pools loaded (latents: encoded once, cached); None for the plain scene loop."""
         cfg = self.cfg
         if not cfg.data and not self.latent:
             return None
-        if self._sources is None:
+        shard = self.shards[j]
+        if j not in self._sources:
             from percept_cli.data.mixture import ArrayPool, Source
             from percept_cli.data.sources import DataSpec, folder_source, parse_data, task_kinds
 
@@ -505,17 +516,17 @@ class Trainer:
             sources, loaders = [], []
             for spec in specs:
                 if spec.kind == "scenes":
-                    pool = self.scene_pool()
+                    pool = self.scene_pool(j)
                     names = spec.task or tuple(self.cfg.tasks())
                     weights = task_kinds(names, cfg.task_weights) if cfg.stage == "perception" else {"generate": 1.0}
-                    ident = dict(kind="scenes", seeds=[self.rank * cfg.train_scenes // self.world,
-                                                       (self.rank + 1) * cfg.train_scenes // self.world],
-                                 textures=str(cfg.textures or ""), stored=cfg.resolution)
+                    seeds = self._seeds(shard)
+                    ident = dict(kind="scenes", seeds=[seeds.start, seeds.stop], textures=str(cfg.textures or ""),
+                                 stored=cfg.resolution)
                     sources.append(Source("scenes", pool, weights, spec.weight, cfg.resolution, ident))
                     loaders.append((len(pool), lambda r, pool=pool: ArrayPool(
                         **{k: getattr(pool, k)[r.start:r.stop] for k in ScenePool.__dataclass_fields__})))
                 else:
-                    source, data = folder_source(spec, cfg.resolution, cfg.task_weights, self.rank, self.world,
+                    source, data = folder_source(spec, cfg.resolution, cfg.task_weights, shard, self.num_shards,
                                                  pool=not self.latent)
                     sources.append(source)
                     loaders.append((len(data), data.load))
@@ -529,18 +540,20 @@ class Trainer:
                 sources = [replace(src, pool=encode_source(src, n, load, self.autoencoder, cache, vh, cfg.resolution,
                                                            self.flow_scale, device=str(self.device), log=self.log))
                            for src, (n, load) in zip(sources, loaders)]
-            self._sources = sources
-        return self._sources
+            self._sources[j] = sources
+        return self._sources[j]
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """The next micro-batch: (cond, x0, labels, kinds); micro-batch k = step * grad_accum + j."""
+    def batch(self, j: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """Data shard j's batch for the current step, (cond, x0, labels, kinds): a function of (seed, shard, step)."""
         if self._batches is None:  # from this step on, built ahead by `loader_workers` processes (forked)
-            sources = self.sources()
-            data = StepBatches(None if sources is not None else self.scene_pool(), self.cfg, self.rank,
-                               sources=sources, latent=self.latent, flow_scale=self.flow_scale)
-            self._batches = iter(batch_loader(data, itertools.count(self.step * self.cfg.grad_accum),
-                                              self.loader_workers, pin=self.device.type == "cuda"))
-        return next(self._batches)
+            self._batches = []
+            for i in range(len(self.shards)):
+                sources = self.sources(i)
+                data = StepBatches(None if sources is not None else self.scene_pool(i), self.cfg, self.shards[i],
+                                   sources=sources, latent=self.latent, flow_scale=self.flow_scale)
+                self._batches.append(iter(batch_loader(data, itertools.count(self.step), self.loader_workers,
+                                                       pin=self.device.type == "cuda")))
+        return next(self._batches[j])
 
     def close_batches(self) -> None:
         """Stop the batch workers (a later `batch()` starts again from the current step)."""
@@ -576,7 +589,8 @@ class Trainer:
         losses, kinds, total, balances = [], [], 0.0, []
         for j in range(cfg.grad_accum):
             last = j == cfg.grad_accum - 1
-            cond, x0, labels, micro_kinds = self.batch()
+            cond, x0, labels, micro_kinds = self.batch(j)
+            self.gen = self.gens[j]  # this shard's timesteps and noise
             with self._no_sync(not last):
                 per_sample, _, balance = self.loss(cond, x0, labels)
                 loss = (per_sample.mean() + cfg.balance_weight * balance) / cfg.grad_accum
@@ -596,6 +610,10 @@ class Trainer:
         if not record:
             return {}
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        if self.world > 1:  # the logged loss is the step's over every process, as the gradient is
+            total = total.reshape(1).clone()
+            torch.distributed.all_reduce(total)
+            total = total / self.world
         rec: dict[str, Any] = dict(step=self.step, loss=float(total), lr=lr, grad_norm=float(grad_norm))
         if self.model.config.num_experts:
             rec["balance"] = float(torch.stack(balances).mean())

@@ -188,7 +188,7 @@ def test_generalist_finetune_config_at_small_scale(tmp_path, official_folder):
     assert cfg.strategy == "fsdp" and cfg.activation_checkpointing and cfg.autocast == "bf16"
     trainer = run(cfg, **QUIET)
     assert trainer.latent and [s.name for s in trainer.sources()] == list(paths)
-    assert len(list((tmp_path / "cache").iterdir())) == 3  # one latent cache per dataset
+    assert len(list((tmp_path / "cache").iterdir())) == 3 * 2  # one latent cache per dataset and data shard
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss"])
     exported = export_percept(tmp_path / "run" / "checkpoint-last", tmp_path / "export", dtype="fp16")
