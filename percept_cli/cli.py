@@ -69,7 +69,7 @@ FitOpt = Annotated[Optional[str], typer.Option(
          "detail, aligned and blended; see docs/large-images.md). [default: stretch]")]
 TilesOpt = Annotated[Optional[int], typer.Option(
     "--tiles", show_default=False, rich_help_panel=_MODEL,
-    help="--fit tile: square crops across the image's short side (more = finer detail, slower). [default: 2]")]
+    help="--fit tile: square crops across the image's short side (more = finer detail, slower). [default: 3]")]
 BackwardOpt = Annotated[bool, typer.Option(
     "--backward", rich_help_panel=_OUT,
     help="Also predict B -> A: NAME.flow.backward.flo and NAME.flow.occlusion.png (forward-backward "

@@ -28,7 +28,7 @@ from percept_cli.schedules import check_steps, make_scheduler, parse_schedule, s
 
 # Built-in defaults; a checkpoint's percept.json overrides them, CLI flags override both.
 DEFAULTS: dict[str, Any] = dict(steps=50, ensemble=1, schedule="default", resolution=512, batch_size=16, fit="stretch",
-                                tiles=2)
+                                tiles=3)
 # How a non-square input meets the square processing grid: stretch = squash it (the official script),
 # pad = letterbox it to a square with its edges replicated, predict, crop back (keeps the aspect ratio),
 # tile = the whole image (letterboxed) for the layout plus overlapping square crops for detail, each crop
@@ -46,7 +46,7 @@ class Settings:
     batch_size: int
     reduction: str | None = None
     fit: str = "stretch"  # see FITS
-    tiles: int = 2  # fit=tile: crops across the short side (benchmarks/tiling.py chose the default)
+    tiles: int = 3  # fit=tile: crops across the short side (benchmarks/tiling.py chose the default)
     backward: bool = False  # flow: also predict B -> A and check forward-backward consistency (occlusion)
 
     def as_dict(self) -> dict[str, Any]:

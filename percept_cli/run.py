@@ -75,7 +75,7 @@ class Options:
     dtype: str = "auto"  # bf16 where the device runs it fast, else fp32 (dtypes.resolve_dtype)
     reduction: str | None = None
     fit: str | None = None  # stretch | pad | tile (pipeline.FITS; tile: tasks with a blend rule, depth)
-    tiles: int | None = None  # fit=tile: crops across the short side (None: the checkpoint's, else 2)
+    tiles: int | None = None  # fit=tile: crops across the short side (None: the checkpoint's, else 3)
     backward: bool = False  # flow: also B -> A, NAME.flow.backward.flo and NAME.flow.occlusion.png
     compile: bool = False  # torch.compile the denoiser (GPUs)
     output: Path = Path("percept-out")
