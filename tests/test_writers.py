@@ -338,7 +338,9 @@ def test_write_amodal_all_formats(tmp_path):
 
 def test_parse_formats():
     assert get_task("depth").parse_formats("npy, PNG16") == ("npy", "png16")
-    assert get_task("flow").parse_formats("all") == FLOW_FORMATS
+    forward = tuple(f for f in FLOW_FORMATS if f not in ("backward", "occlusion"))
+    assert get_task("flow").parse_formats("all") == forward == ("flo", "png", "npy")  # --backward files: named only
+    assert get_task("flow").parse_formats("all,occlusion") == (*forward, "occlusion")
     assert get_task("amodal").parse_formats("png,png") == ("png",)
     with pytest.raises(UsageError) as err:
         get_task("depth").parse_formats("npy,jpg")
