@@ -62,6 +62,7 @@ class TrainConfig:
     flow_scale: tuple[float, float] = (8.0, 8.0)  # pixels of the processing grid per target unit (an init model's own wins)
     data: list[dict[str, Any]] = field(default_factory=list)  # [[data]] tables: kind, path, weight, task, crop
     latent_cache: str | None = None  # folder of cached latents (default OUT/latents); shareable between runs
+    latent_dtype: str = "float16"  # how cached latents are stored: "float16" (half the disk) or "float32"
     # diffusion
     prediction_type: str = "v_prediction"
     beta_schedule: str = "squaredcos_cap_v2"
@@ -538,7 +539,8 @@ class Trainer:
                 cache = Path(cfg.latent_cache) if cfg.latent_cache else self.out / "latents"
                 vh = vae_hash(self.vae_dir)
                 sources = [replace(src, pool=encode_source(src, n, load, self.autoencoder, cache, vh, cfg.resolution,
-                                                           self.flow_scale, device=str(self.device), log=self.log))
+                                                           self.flow_scale, device=str(self.device), log=self.log,
+                                                           dtype=cfg.latent_dtype))
                            for src, (n, load) in zip(sources, loaders)]
             self._sources[j] = sources
         return self._sources[j]
@@ -742,7 +744,8 @@ def load_config(path: Path | None, **overrides: Any) -> TrainConfig:
 
         parse_data(values["data"])  # a wrong table is a usage error now, not after the model loads
     for key, ok, what in (("grad_accum", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-                          ("strategy", lambda v: v in ("ddp", "fsdp"), "'ddp' or 'fsdp'")):
+                          ("strategy", lambda v: v in ("ddp", "fsdp"), "'ddp' or 'fsdp'"),
+                          ("latent_dtype", lambda v: v in ("float16", "float32"), "'float16' or 'float32'")):
         if key in values and not ok(values[key]):
             raise UsageError(f"{key} = {values[key]!r}: use {what}")
     mixture.check_kinds(values.get("task_weights", {}))

@@ -55,9 +55,9 @@ def test_latent_cache_round_trip_and_invalidation(tmp_path, monkeypatch):
     vae = VAE.from_folder(OFFICIAL / "tiny_vae")
     load = lambda r, p=pool: ArrayPool(**{k: v[r.start:r.stop] for k, v in p.fields.items()})  # noqa: E731
     h = vae_hash(OFFICIAL / "tiny_vae")
-    lat = encode_source(src, 3, load, vae, tmp_path, h, 16, (8.0, 8.0))
+    lat = encode_source(src, 3, load, vae, tmp_path, h, 16, (8.0, 8.0), dtype="float32")
     arr = lat.arrays["flow_u"]
-    assert arr.shape == (3, 2, 12, 2, 2) and len(lat) == 3
+    assert arr.shape == (3, 2, 12, 2, 2) and arr.dtype == np.float32 and len(lat) == 3
     # item 1, mirrored: [rgb, prompt, target] latents of exactly the pixel rows the pixel loop would use
     cond, target = np.empty((1, 6, 16, 16), np.float32), np.empty((1, 3, 16, 16), np.float32)
     fill_rows(pool, "flow_u", np.array([1]), np.array([True]), np.array([0]), cond, target, (8.0, 8.0))
@@ -65,13 +65,14 @@ def test_latent_cache_round_trip_and_invalidation(tmp_path, monkeypatch):
     np.testing.assert_allclose(arr[1, 1], want.reshape(12, 2, 2), atol=1e-5)
     # a second run reads the cache: nothing is encoded
     monkeypatch.setattr(vae, "encode", lambda x: (_ for _ in ()).throw(AssertionError("encoded again")))
-    again = encode_source(src, 3, load, vae, tmp_path, h, 16, (8.0, 8.0))
+    again = encode_source(src, 3, load, vae, tmp_path, h, 16, (8.0, 8.0), dtype="float32")
     assert again.folder == lat.folder and np.array_equal(again.arrays["flow_u"], arr)
     # another VAE, resolution or flow scale is another cache (it would encode: here it raises)
     small = replace(src, stored=8, pool=ArrayPool(**{k: v[:, :8, :8] for k, v in pool.fields.items()}))
-    for source, args in ((src, (h[::-1], 16, (8.0, 8.0))), (small, (h, 8, (8.0, 8.0))), (src, (h, 16, (4.0, 8.0)))):
+    for source, args, dtype in ((src, (h[::-1], 16, (8.0, 8.0)), "float32"), (small, (h, 8, (8.0, 8.0)), "float32"),
+                                (src, (h, 16, (4.0, 8.0)), "float32"), (src, (h, 16, (8.0, 8.0)), "float16")):
         with pytest.raises(AssertionError, match="encoded again"):
-            encode_source(source, 3, lambda r: load(r, source.pool), vae, tmp_path, *args)
+            encode_source(source, 3, lambda r: load(r, source.pool), vae, tmp_path, *args, dtype=dtype)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [lat.folder.name]
     meta = json.loads((lat.folder / "meta.json").read_text())
     assert meta["key"]["vae"] == h and meta["key"]["resolution"] == 16 and meta["key"]["version"] == 1
