@@ -19,8 +19,10 @@
 3. Print human-readable lines on stderr, and with --json one JSON object last on stdout:
    params, weights_gb (the parameters as loaded, in their dtypes), dtype, load_seconds
    (checkpoint_cached_before_load: the fraction of the .pt in the page cache then, from fincore),
-   peak_rss_gb (ru_maxrss of the child right after loading), peak_rss_run_gb (after the timed
-   runs too), forward_seconds, vae_decode_seconds, vae_encode_seconds,
+   peak_rss_gb (ru_maxrss of the child right after loading; an fp32 file is used in place,
+   file-backed, so its pages only count once read), peak_rss_after_forward_gb (every weight
+   resident), peak_rss_run_gb (after the VAE runs too), forward_cpu_share (below ~0.9: other
+   processes shared the cores), forward_seconds, vae_decode_seconds, vae_encode_seconds,
    projected_seconds_per_image {"50x3", "10x1"} (steps x members, depth: steps*members*forward +
    members*decode + encode; the pipeline decodes every member), device, cpu (ISA flags and what
    --dtype auto picks), and on CUDA a gpu object (batch-8 forward, mfu against the card's dense
@@ -239,8 +241,12 @@ def measure(folder: Path, dtype: str, device: str, repeats: int = 2) -> dict[str
         return min(times), times
 
     fwd = forward_fn(1)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     first = _timed(fwd, sync)  # first touch of every weight (page faults on a file-backed fp32 load)
     forward_seconds, times = best(fwd, repeats)
+    # below ~0.9: other processes took part of the cores during the forwards (the figures are then slower)
+    cpu_share = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * torch.get_num_threads())
+    rss_forward = _maxrss_bytes()  # every weight now resident (a file-backed fp32 load faults them in here)
     flops = forward_flops(dict(mc), side, side)
     log(f"forward batch 1, {(side // mc.patch_size) ** 2} tokens: first {first:.2f} s, then {[round(x, 2) for x in times]} s "
         f"({flops / forward_seconds / 1e9:.0f} GFLOP/s)")
@@ -258,7 +264,7 @@ def measure(folder: Path, dtype: str, device: str, repeats: int = 2) -> dict[str
         params=params, weights_gb=_gb(weights), params_by_dtype=by_dtype, dtype=dtype_name(run_dtype),
         dtype_asked=dtype, load_seconds=round(load_seconds, 2), checkpoint_cached_before_load=cached, peak_rss_gb=_gb(rss_load),
         peak_rss_over_weights=round(rss_load / weights, 3), forward_seconds=round(forward_seconds, 3),
-        forward_first_seconds=round(first, 3), forward_gflops=round(flops / forward_seconds / 1e9, 1),
+        peak_rss_after_forward_gb=_gb(rss_forward), forward_first_seconds=round(first, 3), forward_cpu_share=round(cpu_share, 2), forward_gflops=round(flops / forward_seconds / 1e9, 1),
         vae_decode_seconds=round(decode_seconds, 3), vae_encode_seconds=round(encode_seconds, 3),
         projected_seconds_per_image={"50x3": per_image(50, 3, forward_seconds, decode_seconds, encode_seconds),
                                      "10x1": per_image(10, 1, forward_seconds, decode_seconds, encode_seconds)},
