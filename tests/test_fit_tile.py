@@ -109,3 +109,28 @@ def test_cli_fit_tile(model, tmp_path):
     assert depth.shape == (30, 90) and np.isfinite(depth).all()
     code, stdout, stderr = percept("flow", img, img, "-o", tmp_path / "f", "--fit", "tile", *fast(model))
     assert code == 2 and "--fit tile is for depth" in stderr
+
+
+# ----------------------------------------------------------------------------------------- the edge metric
+
+
+def test_edge_error_is_zero_for_exact_depth_and_grows_with_blur():
+    import cv2
+
+    from percept_cli.metrics import edge_error
+
+    gt = np.full((64, 80), 6.0)
+    gt[16:48, 20:50] = 2.0  # a box in front of a wall: depth edges on its outline
+    gt += np.linspace(0, 0.5, 80)[None, :]  # a gentle slant: no edge
+    assert edge_error(gt, gt) < 1e-12
+    assert edge_error(0.25 * gt + 3.0, gt) < 1e-12  # aligned by scale and shift first
+    errs = [edge_error(cv2.GaussianBlur(gt, (0, 0), s), gt) for s in (0.7, 1.5, 3.0)]
+    assert 0 < errs[0] < errs[1] < errs[2]
+    flat = np.full_like(gt, 4.0) + np.linspace(0, 0.1, 80)[None, :]
+    assert errs[2] < edge_error(flat, gt)  # no edges at all: the worst
+    assert np.isnan(edge_error(flat, flat))  # no depth edges in the truth: undefined
+    valid = np.ones_like(gt, bool)
+    valid[:, :10] = False
+    assert edge_error(gt, gt, valid) < 1e-12
+    with pytest.raises(ValueError, match="shape"):
+        edge_error(gt[:, :5], gt)
