@@ -118,11 +118,11 @@ class TrainConfig:
         if self.stage != "perception":
             return []
         if self.data:
-            from percept_cli.data.sources import DATASET_TASK, parse_data
+            from percept_cli.data.sources import DATASET_TASKS, parse_data
 
             named = set()
             for spec in parse_data(self.data):
-                named |= set(spec.task or ([DATASET_TASK[spec.kind]] if spec.kind in DATASET_TASK else
+                named |= set(spec.task or (DATASET_TASKS[spec.kind] if spec.kind in DATASET_TASKS else
                                            [t.name for k, (t, _) in mixture.kinds().items() if k in self.task_weights]))
             return [t.name for t in dict.fromkeys(t for _, (t, _) in mixture.kinds().items()) if t.name in named]
         return list(dict.fromkeys(task.name for kind, (task, _) in mixture.kinds().items() if kind in self.task_weights))

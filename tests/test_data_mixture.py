@@ -164,7 +164,7 @@ def test_wrong_or_incomplete_dataset_folders_are_named(tmp_path):
 
 def test_bad_data_tables_are_usage_errors():
     for table, message in (
-        ({"kind": "kitti", "path": "x"}, "kind = 'kitti' is not a dataset; use hypersim, flyingchairs, pix2gestalt, scenes"),
+        ({"kind": "kitti", "path": "x"}, "kind = 'kitti' is not a dataset; use hypersim, flyingchairs, pix2gestalt, vkitti2, flyingthings3d, scenes"),
         ({"kind": "hypersim"}, "needs path"),
         ({"kind": "hypersim", "path": "x", "task": "flow"}, "hypersim has ground truth for depth only"),
         ({"kind": "scenes", "weight": 0}, "weight must be a positive number"),
@@ -185,3 +185,88 @@ def test_mixture_resumes_exactly(tmp_path):
     resumed = run(TrainConfig(out=str(tmp_path / "b"), max_steps=4, **cfg), log=lambda m: None)
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=k)
+
+
+def write_vkitti2(root: Path, frames: int = 3) -> Path:
+    """One Virtual KITTI 2 sequence as its archives unpack (rgb jpg, depth cm uint16, forward flow uint16 BGR),
+    16x8, flow u = +3, v = -1.5 px everywhere except an invalid pixel (B = 0), depth 12.34 m and a sky pixel."""
+    h, w = 8, 16
+    rel = Path("Scene01") / "clone" / "frames"
+    rng = np.random.default_rng(4)
+    for i in range(frames):
+        for kind, name, ext in (("rgb", "rgb", "jpg"), ("depth", "depth", "png"), ("forwardFlow", "flow", "png")):
+            (root / f"vkitti_2.0.3_{kind}" / rel / kind / "Camera_0").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "vkitti_2.0.3_rgb" / rel / "rgb" / "Camera_0" / f"rgb_{i:05d}.jpg"),
+                    rng.integers(0, 255, (h, w, 3), np.uint8))
+        depth = np.full((h, w), 1234, np.uint16)
+        depth[0, 0] = 65535
+        cv2.imwrite(str(root / "vkitti_2.0.3_depth" / rel / "depth" / "Camera_0" / f"depth_{i:05d}.png"), depth)
+        if i < frames - 1:
+            bgr = np.ones((h, w, 3), np.uint16)
+            bgr[..., 2] = np.round((3.0 / (w - 1) + 1) / 2 * 65535)  # R = u
+            bgr[..., 1] = np.round((-1.5 / (h - 1) + 1) / 2 * 65535)  # G = v
+            bgr[2, 3, 0] = 0  # invalid
+            cv2.imwrite(str(root / "vkitti_2.0.3_forwardFlow" / rel / "forwardFlow" / "Camera_0" / f"flow_{i:05d}.png"), bgr)
+    return root
+
+
+def write_pfm(path: Path, data: np.ndarray) -> None:
+    """(H, W, 3) float32 as a little-endian PFM, bottom row first (as FlyingThings3D's files are)."""
+    h, w = data.shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"PF\n{w} {h}\n-1.0\n".encode())
+        f.write(np.flipud(data).astype("<f4").tobytes())
+
+
+def write_flyingthings(root: Path, frames: int = 3) -> Path:
+    """TRAIN/A/0000/left with frames 0006.. and into-future flow (u = row index, v = -column index)."""
+    rng = np.random.default_rng(5)
+    img_dir = root / "frames_cleanpass" / "TRAIN" / "A" / "0000" / "left"
+    flow_dir = root / "optical_flow" / "TRAIN" / "A" / "0000" / "into_future" / "left"
+    img_dir.mkdir(parents=True)
+    flow_dir.mkdir(parents=True)
+    yy, xx = np.mgrid[0:6, 0:10].astype(np.float32)
+    for i in range(6, 6 + frames):
+        cv2.imwrite(str(img_dir / f"{i:04d}.png"), rng.integers(0, 255, (6, 10, 3), np.uint8))
+        write_pfm(flow_dir / f"OpticalFlowIntoFuture_{i:04d}_L.pfm", np.stack([yy, -xx, np.zeros_like(xx)], -1))
+    return root
+
+
+def test_vkitti2_reader_and_training_rows(tmp_path):
+    from percept_cli.data.datasets import load_vkitti2, vkitti2_items
+
+    root = write_vkitti2(tmp_path / "vk")
+    items = vkitti2_items(root)
+    assert len(items) == 2  # the last frame has no forward flow
+    s = load_vkitti2(root, items[0])
+    np.testing.assert_allclose(s.flow[4, 4], [3.0, -1.5], atol=2e-3)
+    assert not s.flow_valid[2, 3] and s.flow[2, 3].tolist() == [0.0, 0.0]
+    assert s.depth[1, 1] == pytest.approx(12.34) and not s.valid[0, 0] and s.valid[1, 1]
+    assert parse_data([{"kind": "vkitti2", "path": str(root)}])[0].task == ()
+    from percept_cli.data.sources import folder_source
+
+    source, _ = folder_source(parse_data([{"kind": "vkitti2", "path": str(root)}])[0], 16, {})
+    assert set(source.kinds) == {"depth", "flow_u", "flow_v"}  # both of its tasks by default
+    np.testing.assert_allclose(source.pool.flow[0, 4, 4], [3.0, -1.5 * 16 / 8], atol=5e-3)  # resized to 16x16
+    (root / "vkitti_2.0.3_depth" / "Scene01" / "clone" / "frames" / "depth" / "Camera_0" / "depth_00001.png").unlink()
+    with pytest.raises(InputError, match=r"depth_00001\.png: missing for vkitti_2\.0\.3_rgb/Scene01"):
+        vkitti2_items(root)
+    with pytest.raises(InputError, match="no vkitti_2.x_rgb folder"):
+        vkitti2_items(tmp_path)
+
+
+def test_flyingthings3d_reader(tmp_path):
+    from percept_cli.data.datasets import flyingthings_items, load_flyingthings, read_pfm
+
+    root = write_flyingthings(tmp_path / "ft")
+    items = flyingthings_items(root)
+    assert [i[0].name for i in items] == ["0006.png", "0007.png"]
+    s = load_flyingthings(root, items[1])
+    assert s.flow.shape == (6, 10, 2)
+    assert s.flow[2, 7].tolist() == [2.0, -7.0]  # top row first: u = row, v = -column
+    assert read_pfm(items[0][2]).shape == (6, 10, 3)
+    (root / "optical_flow" / "TRAIN" / "A" / "0000" / "into_future" / "left" / "OpticalFlowIntoFuture_0007_L.pfm").unlink()
+    with pytest.raises(InputError, match="OpticalFlowIntoFuture_0007_L.pfm: missing for frames_cleanpass"):
+        flyingthings_items(root)
+    with pytest.raises(InputError, match="no optical_flow folder"):
+        flyingthings_items(root / "frames_cleanpass")

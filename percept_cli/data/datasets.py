@@ -243,6 +243,156 @@ def read_pix2gestalt(root: Path) -> list[AmodalSample]:
     return [load_pix2gestalt(root, n) for n in pix2gestalt_items(root)]
 
 
+# ---------------------------------------------------------------- training-only datasets
+#
+# Virtual KITTI 2 (europe.naverlabs.com/research/computer-vision/proxy-virtual-worlds-vkitti-2/) as its
+# archives unpack: vkitti_2.0.3_rgb/SceneXX/<variation>/frames/rgb/Camera_K/rgb_NNNNN.jpg, beside
+# vkitti_2.0.3_depth/.../frames/depth/Camera_K/depth_NNNNN.png (uint16 centimetres, 65535 = sky/far) and
+# vkitti_2.0.3_forwardFlow/.../frames/forwardFlow/Camera_K/flow_NNNNN.png (uint16 BGR: B = 0 where the
+# flow is invalid; R, G = u, v mapped from [-(W-1), W-1] and [-(H-1), H-1] to [0, 65535]).
+# FlyingThings3D (lmb.informatik.uni-freiburg.de/resources/datasets/SceneFlowDatasets.en.html):
+# frames_cleanpass/SPLIT/{A,B,C}/NNNN/{left,right}/FFFF.png (or frames_finalpass) beside
+# optical_flow/SPLIT/{A,B,C}/NNNN/into_future/{left,right}/OpticalFlowIntoFuture_FFFF_{L,R}.pfm.
+
+_VKITTI_RGB = re.compile(r"^rgb_(\d+)\.jpg$")
+_FT3D_FRAME = re.compile(r"^(\d+)\.png$")
+
+
+@dataclass
+class FrameSample:
+    """Two frames with forward flow (pixels) and metric depth of frame 1 (Virtual KITTI 2)."""
+
+    rgb1: np.ndarray  # (H, W, 3) uint8
+    rgb2: np.ndarray  # (H, W, 3) uint8
+    flow: np.ndarray  # (H, W, 2) float32
+    flow_valid: np.ndarray  # (H, W) bool
+    depth: np.ndarray  # (H, W) float32 metres
+    valid: np.ndarray  # (H, W) bool: depth below the far plane
+    name: str
+
+
+def read_vkitti_flow(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A Virtual KITTI 2 flow PNG -> (flow (H, W, 2) pixels, valid (H, W) bool)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[2] != 3:
+        raise InputError(f"{path}: not a 16-bit 3-channel Virtual KITTI 2 flow PNG: use the forwardFlow archive's files")
+    h, w = bgr.shape[:2]
+    valid = bgr[..., 0] != 0
+    flow = 2.0 / 65535.0 * bgr[..., 2:0:-1].astype(np.float32) - 1.0  # (H, W, 2): R = u, G = v in [-1, 1]
+    flow[..., 0] *= w - 1
+    flow[..., 1] *= h - 1
+    flow[~valid] = 0.0
+    return flow, valid
+
+
+def vkitti2_items(root: Path) -> list[tuple[Path, Path, Path, Path]]:
+    """(rgb, next rgb, depth, forward flow) paths of every Virtual KITTI 2 frame that has a next frame."""
+    root = _is_dir(root, "Virtual KITTI 2")
+    rgb_roots = sorted(root.glob("vkitti_2*_rgb"))
+    if not rgb_roots:
+        raise InputError(f"{root}: no vkitti_2.x_rgb folder in it: pass the folder where the Virtual KITTI 2 "
+                         "archives (rgb, depth, forwardFlow) were unpacked")
+    items = []
+    for rgb_root in rgb_roots:
+        version = rgb_root.name[: -len("_rgb")]
+        for kind in ("depth", "forwardFlow"):
+            if not (root / f"{version}_{kind}").is_dir():
+                raise InputError(f"{root / f'{version}_{kind}'}: missing beside {rgb_root.name}: unpack the "
+                                 f"{version}_{kind} archive there")
+        for rgb in sorted(rgb_root.rglob("rgb_*.jpg")):
+            m = _VKITTI_RGB.match(rgb.name)
+            nxt = rgb.with_name(f"rgb_{int(m.group(1)) + 1:05d}.jpg") if m else None
+            if nxt is None or not nxt.is_file():
+                continue  # the last frame of a sequence has no forward flow
+            rel = rgb.parent.relative_to(rgb_root)  # SceneXX/variation/frames/rgb/Camera_K
+            parts = rel.parts
+            if len(parts) < 5 or parts[-2] != "rgb":
+                raise InputError(f"{rgb}: not under SceneXX/<variation>/frames/rgb/Camera_K: keep the archive's layout")
+            base = Path(*parts[:-2])
+            depth = root / f"{version}_depth" / base / "depth" / parts[-1] / f"depth_{m.group(1)}.png"
+            flow = root / f"{version}_forwardFlow" / base / "forwardFlow" / parts[-1] / f"flow_{m.group(1)}.png"
+            for p in (depth, flow):
+                if not p.is_file():
+                    raise InputError(f"{p}: missing for {rgb.relative_to(root)}: add it or remove the frame")
+            items.append((rgb, nxt, depth, flow))
+    if not items:
+        raise InputError(f"{root}: no Virtual KITTI 2 frame pairs (rgb_NNNNN.jpg and the next one) under it")
+    return items
+
+
+def load_vkitti2(root: Path, item: tuple[Path, Path, Path, Path]) -> FrameSample:
+    """One Virtual KITTI 2 frame with its next frame, forward flow and depth."""
+    rgb_path, next_path, depth_path, flow_path = item
+    rgb1, rgb2 = _read_rgb(rgb_path), _read_rgb(next_path)
+    raw = cv2.imread(str(depth_path), cv2.IMREAD_ANYDEPTH)
+    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
+        raise InputError(f"{depth_path}: not a 16-bit Virtual KITTI 2 depth PNG: use the depth archive's files")
+    flow, flow_valid = read_vkitti_flow(flow_path)
+    for path, arr in ((next_path, rgb2), (depth_path, raw), (flow_path, flow)):
+        _same_size(path, rgb1, arr)
+    depth = raw.astype(np.float32) / 100.0  # centimetres -> metres
+    return FrameSample(rgb1, rgb2, flow, flow_valid, depth, raw < 65535,
+                       rgb_path.relative_to(root).with_suffix("").as_posix())
+
+
+def read_pfm(path: Path) -> np.ndarray:
+    """A PFM image -> (H, W, C) float32, top row first (PFM stores the bottom row first)."""
+    try:
+        with open(path, "rb") as f:
+            kind = f.readline().strip()
+            dims = f.readline().split()
+            while not dims:  # tolerate a blank line
+                dims = f.readline().split()
+            w, h = int(dims[0]), int(dims[1])
+            scale = float(f.readline().strip())
+            data = np.frombuffer(f.read(), "<f4" if scale < 0 else ">f4")
+    except (OSError, ValueError, IndexError) as e:
+        raise InputError(f"{path}: not a readable PFM file ({e}): check the file") from None
+    channels = {b"PF": 3, b"Pf": 1}.get(kind)
+    if channels is None or data.size != w * h * channels:
+        raise InputError(f"{path}: not a PFM image (header {kind!r}, {data.size} values for {w}x{h}): check the file")
+    return np.flipud(data.reshape(h, w, channels)).astype(np.float32)
+
+
+def flyingthings_items(root: Path) -> list[tuple[Path, Path, Path]]:
+    """(frame, next frame, into-future flow .pfm) of FlyingThings3D's clean (else final) pass, both cameras."""
+    root = _is_dir(root, "FlyingThings3D")
+    frames = next((root / d for d in ("frames_cleanpass", "frames_finalpass") if (root / d).is_dir()), None)
+    if frames is None or not (root / "optical_flow").is_dir():
+        missing = [d for d, ok in (("frames_cleanpass (or frames_finalpass)", frames is not None),
+                                   ("optical_flow", (root / "optical_flow").is_dir())) if not ok]
+        raise InputError(f"{root}: no {' and no '.join(missing)} folder in it: pass the FlyingThings3D root")
+    items = []
+    for img in sorted(frames.rglob("*.png")):
+        m = _FT3D_FRAME.match(img.name)
+        camera = img.parent.name
+        if m is None or camera not in ("left", "right"):
+            continue
+        nxt = img.with_name(f"{int(m.group(1)) + 1:04d}.png")
+        if not nxt.is_file():
+            continue  # the last frame of a sequence
+        rel = img.parent.parent.relative_to(frames)  # SPLIT/LETTER/NNNN
+        flow = (root / "optical_flow" / rel / "into_future" / camera /
+                f"OpticalFlowIntoFuture_{m.group(1)}_{camera[0].upper()}.pfm")
+        if not flow.is_file():
+            raise InputError(f"{flow}: missing for {img.relative_to(root)}: add it or remove the frame")
+        items.append((img, nxt, flow))
+    if not items:
+        raise InputError(f"{root}: no FlyingThings3D frame pairs (SPLIT/X/NNNN/left/FFFF.png) under {frames.name}")
+    return items
+
+
+def load_flyingthings(root: Path, item: tuple[Path, Path, Path]) -> FlowSample:
+    """One FlyingThings3D frame pair with its forward flow (pixels)."""
+    img1, img2, flo = item
+    rgb1, rgb2 = _read_rgb(img1), _read_rgb(img2)
+    flow = read_pfm(flo)[..., :2]  # the third channel is zero
+    _same_size(img2, rgb1, rgb2)
+    _same_size(flo, rgb1, flow)
+    valid = np.isfinite(flow).all(axis=2) & (np.abs(flow) < 1e9).all(axis=2)
+    return FlowSample(rgb1, rgb2, np.ascontiguousarray(flow), valid, img1.relative_to(root).with_suffix("").as_posix())
+
+
 def detect_dataset(root: Path) -> str:
     """Which dataset a folder holds: 'hypersim', 'flyingchairs' or 'pix2gestalt'."""
     root = _is_dir(root, "dataset")

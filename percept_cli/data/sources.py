@@ -1,6 +1,7 @@
 """Real dataset folders as training sources: the `[[data]]` tables of a training config.
 
-Each table names a dataset (kind = hypersim | flyingchairs | pix2gestalt | scenes), its folder (path),
+Each table names a dataset (kind = hypersim | flyingchairs | pix2gestalt | vkitti2 | flyingthings3d |
+scenes), its folder (path),
 its share of the batches (weight) and the task it trains (task; a dataset's own task by default).
 Items are resized (stretched, as the official code does) to a square of side `stored`: the training
 resolution, or resolution / crop when random crops are asked for (crop < 1). Resizing scales flow
@@ -23,8 +24,10 @@ from percept_cli.data import datasets as D
 from percept_cli.data.mixture import ArrayPool, Source
 from percept_cli.errors import UsageError
 
-DATASET_TASK = {"hypersim": "depth", "flyingchairs": "flow", "pix2gestalt": "amodal"}
-KINDS = (*DATASET_TASK, "scenes")
+DATASET_TASKS = {"hypersim": ("depth",), "flyingchairs": ("flow",), "pix2gestalt": ("amodal",),
+                 "vkitti2": ("depth", "flow"), "flyingthings3d": ("flow",)}  # the ground truth each has
+DATASET_TASK = {kind: tasks[0] for kind, tasks in DATASET_TASKS.items()}  # its task by default
+KINDS = (*DATASET_TASKS, "scenes")
 KEYS = ("kind", "path", "weight", "task", "crop")
 
 
@@ -33,7 +36,7 @@ class DataSpec:
     kind: str
     path: str | None = None
     weight: float = 1.0
-    task: tuple[str, ...] = ()  # tasks trained from it; () = the dataset's own (scenes: every task_weights task)
+    task: tuple[str, ...] = ()  # tasks trained from it; () = all it has ground truth for (scenes: task_weights')
     crop: float = 1.0  # side of the random crop as a fraction of the stored item; 1 = no crop
 
 
@@ -63,9 +66,9 @@ def parse_data(tables: list[dict[str, Any]]) -> list[DataSpec]:
         for t in task:
             if t not in TASKS:
                 raise UsageError(f"{where}: task {t!r} is not a task; use {', '.join(TASKS)}")
-            if kind != "scenes" and t != DATASET_TASK[kind]:
-                raise UsageError(f"{where}: {kind} has ground truth for {DATASET_TASK[kind]} only, not {t}; "
-                                 f"set task = {DATASET_TASK[kind]!r} or drop it")
+            if kind != "scenes" and t not in DATASET_TASKS[kind]:
+                raise UsageError(f"{where}: {kind} has ground truth for {' and '.join(DATASET_TASKS[kind])} only, "
+                                 f"not {t}; set task = {DATASET_TASK[kind]!r} or drop it")
         crop = table.get("crop", 1.0)
         if not isinstance(crop, (int, float)) or not 0 < crop <= 1:
             raise UsageError(f"{where}: crop must be in (0, 1], got {crop!r}")
@@ -111,10 +114,17 @@ def _amodal_fields(s: D.AmodalSample, side: int) -> dict[str, np.ndarray]:
                 whole_rgb=_resize(s.whole_rgb, side))
 
 
+def _frame_fields(s: D.FrameSample, side: int) -> dict[str, np.ndarray]:
+    return dict(_flow_fields(s, side), depth=_resize(s.depth, side, nearest=True),
+                valid=_resize(s.valid.astype(np.uint8), side, nearest=True) > 0)
+
+
 READERS: dict[str, tuple[Callable, Callable, Callable]] = {  # kind: (list items, load one, training fields)
     "hypersim": (lambda root: D.hypersim_items(root), D.load_hypersim, _depth_fields),
     "flyingchairs": (lambda root: D.flyingchairs_items(root), D.load_flyingchairs, _flow_fields),
     "pix2gestalt": (lambda root: D.pix2gestalt_items(root, need_whole_rgb=True), D.load_pix2gestalt, _amodal_fields),
+    "vkitti2": (D.vkitti2_items, D.load_vkitti2, _frame_fields),
+    "flyingthings3d": (D.flyingthings_items, D.load_flyingthings, _flow_fields),
 }
 
 
@@ -162,6 +172,6 @@ def folder_source(spec: DataSpec, size: int, task_weights: dict[str, float], ran
                   pool: bool = True) -> tuple[Source, FolderData]:
     """A mixture Source for a dataset folder (its pool loaded when `pool`), and the folder's reader."""
     data = FolderData(spec, size, rank, world)
-    tasks = spec.task or (DATASET_TASK[spec.kind],)
+    tasks = spec.task or DATASET_TASKS[spec.kind]
     kinds = task_kinds(tasks, task_weights) or task_kinds(tasks, {})
     return Source(spec.kind, data.load() if pool else None, kinds, spec.weight, data.stored, data.identity()), data
