@@ -421,6 +421,12 @@ class Trainer:
         return (get_model_state_dict(self.model, options=opts), get_model_state_dict(self.ema, options=opts),
                 get_optimizer_state_dict(self.model, self.opt, options=opts))
 
+    def _full_ema(self) -> dict:
+        """The EMA's whole weights, gathered from the FSDP shards (a collective; rank 0 gets them)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.ema, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def save(self, name: str = "last") -> Path:
         """Rank 0 writes OUT/checkpoint-<name>/: the EMA model in our layout (with the VAE: vae/), and
         train_state.pt (model, optimizer, step, every process's RNG states). Every process calls it."""
@@ -645,8 +651,9 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, Any]:
-        """EMA model on held-out scenes (seeds never trained on), default steps, 1 member."""
+    def evaluate(self, ema_state: dict | None = None) -> dict[str, Any]:
+        """EMA model on held-out scenes (seeds never trained on), default steps, 1 member.
+        ema_state: the EMA's whole weights (FSDP: gathered by every process beforehand)."""
         from percept_cli.evaluate import evaluate, synthetic_set
         from percept_cli.pipeline import Predictor
 
@@ -655,7 +662,11 @@ class Trainer:
             return {}
         import copy
 
-        model = copy.deepcopy(self.ema).float().cpu()
+        if ema_state is not None:
+            model = PerceptDiT.from_config(self.model.config)
+            model.load_state_dict(ema_state)
+        else:
+            model = copy.deepcopy(self.ema).float().cpu()
         pred = Predictor(model, self.autoencoder.to("cpu"), self.sched_config, self.pipeline_config(), device="cpu",
                          dtype="bf16" if cfg.autocast == "bf16" else "fp32")
         out: dict[str, Any] = {}
@@ -682,8 +693,10 @@ class Trainer:
                 rec["samples_per_s"] = samples / max(1e-9, time.time() - window)
                 rec["elapsed_s"] = time.time() - started
                 window, samples = time.time(), 0
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps) and self.rank == 0:
-                    rec.update(self.evaluate())
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                    ema_state = self._full_ema() if self.fsdp else None  # a collective: every process
+                    if self.rank == 0:
+                        rec.update(self.evaluate(ema_state))
                 if self.rank == 0:
                     with log_path.open("a") as f:
                         f.write(json.dumps(rec) + "\n")

@@ -25,12 +25,17 @@ def main(out: Path) -> None:
     fsdp = run(TrainConfig(out=str(out / "fsdp"), max_steps=4, strategy="fsdp", **base), **quiet)
     run(TrainConfig(out=str(out / "resumed"), max_steps=2, strategy="fsdp", **base), **quiet)
     resumed = run(TrainConfig(out=str(out / "resumed"), max_steps=4, strategy="fsdp", **base), **quiet)
+    # held-out evaluation under FSDP: every process gathers the EMA, rank 0 evaluates it
+    run(TrainConfig(out=str(out / "eval"), max_steps=1, strategy="fsdp",
+                    **{**base, "eval_every": 1, "eval_scenes": 1, "eval_steps": 1}), **quiet)
     assert type(fsdp.model).__name__.startswith("FSDP") and fsdp.fsdp and not ddp.fsdp  # really sharded
     full = [t._full_states()[0] for t in (ddp, fsdp, resumed)]  # a collective: every rank gathers
     if torch.distributed.get_rank() == 0:
         curves = {name: [json.loads(line)["loss"] for line in (out / name / "log.jsonl").read_text().splitlines()]
                   for name in ("ddp", "fsdp", "resumed")}
-        torch.save(dict(curves=curves, ddp=full[0], fsdp=full[1], resumed=full[2]), out / "result.pt")
+        evaluated = json.loads((out / "eval" / "log.jsonl").read_text().splitlines()[-1])
+        torch.save(dict(curves=curves, ddp=full[0], fsdp=full[1], resumed=full[2], evaluated=evaluated),
+                   out / "result.pt")
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 

@@ -242,6 +242,7 @@ def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path):
     assert len(curves["ddp"]) == 4
     np.testing.assert_allclose(curves["fsdp"], curves["ddp"], rtol=1e-5, atol=1e-6)
     assert curves["resumed"] == curves["fsdp"]
+    assert any(k.startswith("eval_depth_") for k in res["evaluated"])  # the gathered FSDP EMA evaluates on rank 0
     single = run(TrainConfig(out=str(tmp_path / "single"), max_steps=4, **{**BASE, "grad_accum": PROCESSES * ACCUM}),
                  log=lambda m: None)
     logged = [json.loads(line)["loss"] for line in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
