@@ -471,8 +471,9 @@ class Trainer:
 
     def resume(self, folder: Path) -> None:
         """Restore model, EMA, optimizer, step and RNG states from a checkpoint folder."""
+        # FSDP: every process reads the whole state, memory-mapped (the page cache is shared, not 8 copies)
         state = torch.load(Path(folder) / "train_state.pt", map_location="cpu" if self.fsdp else self.device,
-                           weights_only=False)
+                           weights_only=False, mmap=self.fsdp)
         ema = PerceptDiT.from_pretrained(str(folder)).state_dict()
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
