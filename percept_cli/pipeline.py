@@ -312,6 +312,15 @@ class Predictor:
                     cond_cache.pop(i, None)
                     yield i, self._finish(task, members, inputs[i], settings)
 
+    @staticmethod
+    def parts(item: TaskInput, settings: Settings) -> int:
+        """Predictions one input costs: 1, 2 with backward, 1 + its crops with fit=tile (for progress totals)."""
+        if settings.fit == "tile":
+            from percept_cli.tiling import plan_tiles
+
+            return 1 + len(plan_tiles(*item.image.shape[:2], settings.tiles))
+        return 2 if settings.backward else 1
+
     def _predict_parts(self, task: str, inputs: Sequence[TaskInput], settings: Settings,
                        on_step: Callable[[int], None] | None) -> Iterator[tuple[int, Any]]:
         """fit=tile and flow's --backward: each input becomes several inputs to predict (they share batches like

@@ -517,7 +517,8 @@ class _Run:
             return
         s, t0 = self.settings, time.perf_counter()
         items = [j.item for j in jobs]
-        steps = tracker.steps(len(jobs) * len(self.spec.labels) * s.ensemble * s.steps)
+        parts = sum(self.predictor.parts(j.item, s) for j in jobs)  # --fit tile, --backward: several per input
+        steps = tracker.steps(parts * len(self.spec.labels) * s.ensemble * s.steps)
         for n, (i, result) in enumerate(self.predictor.predict_iter(self.task, items, s, on_step=steps), start=1):
             job = jobs[i]
             state = self.states.get(job.source) if job.source.video else None
