@@ -34,19 +34,20 @@ _ROWS = 1024  # rows converted at a time, so no full-size wide (uint32/float) co
 # ----------------------------------------------------------------------------- size limit
 
 
+def env_limit(var: str, default: int) -> int:
+    """A size limit from the environment variable `var` (a positive whole number), else `default`."""
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    value = int(raw) if raw.isdigit() else 0
+    if value < 1:
+        raise UsageError(f"{var}={raw!r} is not a positive whole number of pixels; set e.g. {var}={default} or unset it")
+    return value
+
+
 def max_pixels() -> int:
     """The largest image or video frame (width x height) decoded: $PERCEPT_MAX_PIXELS, else 64 MP."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{MAX_PIXELS_ENV}={raw!r} is not a positive whole number of pixels; "
-                         f"set e.g. {MAX_PIXELS_ENV}={DEFAULT_MAX_PIXELS} or unset it")
-    return value
+    return env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
 
 
 def _check_pixels(path: Path, what: str, width: int | None, height: int | None, pixels: int | None = None) -> None:

@@ -178,17 +178,7 @@ def check_options(task: str, opts: Options) -> tuple[str, ...]:
 
 def max_resolution() -> int:
     """The largest --resolution accepted: $PERCEPT_MAX_RESOLUTION, else MAX_RESOLUTION."""
-    raw = os.environ.get(MAX_RESOLUTION_ENV, "").strip()
-    if not raw:
-        return MAX_RESOLUTION
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"{MAX_RESOLUTION_ENV}={raw!r} is not a positive whole number of pixels; "
-                         f"set e.g. {MAX_RESOLUTION_ENV}={MAX_RESOLUTION} or unset it")
-    return value
+    return media.env_limit(MAX_RESOLUTION_ENV, MAX_RESOLUTION)
 
 
 def check_output(folder: Path) -> None:
