@@ -675,6 +675,24 @@ def _sizes(size: int | tuple[int, int]) -> tuple[int, int]:
 STYLES = ("classic", "photo")
 
 
+def _amodal_targets(cam: _Camera, objs: list[_Object], world: _World, d: np.ndarray, d1: np.ndarray,
+                    ids1: np.ndarray, rgb1: np.ndarray, shadows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(whole (N,), visible (N,), whole_rgb (N, 3)): objs[0]'s silhouette, its visible part, and its
+    appearance alone on white, shaded as frame 1 would shade it where frame 1 hides it."""
+    t_target = _hit_image(objs[0], cam, d).ravel()  # (N,)
+    whole = np.isfinite(t_target)
+    visible = ids1 == 0
+    whole_rgb = np.full((len(visible), 3), 255, np.uint8)
+    whole_rgb[visible] = rgb1[visible]
+    hid = np.flatnonzero(whole & ~visible)
+    if len(hid):
+        dh = d1[:, hid]  # (3, M)
+        dist = t_target[hid] * np.sqrt((dh * dh).sum(axis=0))
+        pts = cam.pos[:, None] + t_target[hid] * dh  # (3, M)
+        whole_rgb[hid] = _shade(pts, np.zeros(len(hid), int), dist, cam, objs, world, shadows)
+    return whole, visible, whole_rgb
+
+
 def render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = True, photos=None,
                  style: str | None = None) -> Scene:
     """Render the scene of one seed, with exact depth, flow and amodal targets.
@@ -780,17 +798,7 @@ def _render_scene(seed: int, size: int | tuple[int, int] = 128, shadows: bool = 
     v = cam2.f * xc[1] / xc[2] + cam2.cy - ys.ravel()  # (N,)
 
     # 8. Amodal targets: the target's own hits, shaded like frame 1 where frame 1 hides them.
-    t_target = _hit_image(objs[0], cam, d).ravel()  # (N,)
-    whole = np.isfinite(t_target)
-    visible = ids1 == 0
-    whole_rgb = np.full((h * w, 3), 255, np.uint8)
-    whole_rgb[visible] = rgb1[visible]
-    hid = np.flatnonzero(whole & ~visible)
-    if len(hid):
-        dh = d1[:, hid]  # (3, M)
-        dist = t_target[hid] * np.sqrt((dh * dh).sum(axis=0))
-        pts = cam.pos[:, None] + t_target[hid] * dh  # (3, M)
-        whole_rgb[hid] = _shade(pts, np.zeros(len(hid), int), dist, cam, objs, world, shadows)
+    whole, visible, whole_rgb = _amodal_targets(cam, objs, world, d, d1, ids1, rgb1, shadows)
 
     scene = Scene(
         rgb=rgb1.reshape(h, w, 3),
@@ -1234,17 +1242,7 @@ def _render_photo_scene(seed: int, h: int, w: int, shadows: bool, photos, effect
     ys, xs = np.mgrid[0:h, 0:w]
     u = cam2.f * xc[0] / xc[2] + cam2.cx - xs.ravel()
     v = cam2.f_y * xc[1] / xc[2] + cam2.cy - ys.ravel()
-    t_target = _hit_image(objs[0], cam, d).ravel()
-    whole = np.isfinite(t_target)
-    visible = ids1 == 0
-    whole_rgb = np.full((h * w, 3), 255, np.uint8)
-    whole_rgb[visible] = rgb1[visible]
-    hid = np.flatnonzero(whole & ~visible)
-    if len(hid):
-        dh = d1[:, hid]
-        dist = t_target[hid] * np.sqrt((dh * dh).sum(axis=0))
-        pts = cam.pos[:, None] + t_target[hid] * dh
-        whole_rgb[hid] = _shade(pts, np.zeros(len(hid), int), dist, cam, objs, world, shadows)
+    whole, visible, whole_rgb = _amodal_targets(cam, objs, world, d, d1, ids1, rgb1, shadows)
     frames = [rgb1.reshape(h, w, 3), rgb2.reshape(h, w, 3)]
     whole_rgb = whole_rgb.reshape(h, w, 3)
     if effects:
