@@ -82,7 +82,6 @@ def workdir(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("readme")
     shutil.copytree(ROOT / "examples", work / "examples")
-    shutil.copytree(ROOT / "configs", work / "configs")
     (work / "percept_cli").mkdir()
     shutil.copytree(ROOT / "percept_cli" / "assets" / "tiny", work / "percept_cli" / "assets" / "tiny")
     scene = cv2.imread(str(ROOT / "examples" / "scene.png"))
