@@ -1,9 +1,10 @@
 """Model files on disk, verified: lock entries (lock.py) fetched from the Hub, local folders, hf:// specs.
 
-huggingface_hub does the work: its cache first (no network), `get_hf_file_metadata` for each file's commit, size
-and LFS sha256 without retries (a dead Hub fails before any download), `hf_hub_download` at the pinned commit; every
-file is then checked against its sha256. Read at call time: HF_HUB_CACHE > HF_HOME/hub, HF_ENDPOINT, HF_TOKEN,
-HF_HUB_OFFLINE, PERCEPT_CACHE > XDG_CACHE_HOME/percept (verified.json: digests by path, size, mtime and inode).
+huggingface_hub does the work: its cache first (no network), one `model_info` per repo and revision for the commit,
+sizes and LFS sha256 of every file without retries (a dead Hub fails before any download), `hf_hub_download` at the
+pinned commit; every file is then checked against its sha256. Read at call time: HF_HUB_CACHE > HF_HOME/hub,
+HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, PERCEPT_CACHE > XDG_CACHE_HOME/percept (verified.json: digests by path, size,
+mtime and inode).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ HTTP_ERRORS = {  # what a failed Hub call says, by HTTP status (0: no answer; 50
 HTTP_ERRORS[403] = HTTP_ERRORS[401]
 USER_LOCK_HEADER = ("percept's user lock: models pinned by `percept models pull NAME --pin` (trust on first use),\n"
                     "read over the packaged weights.lock. Delete a model's tables here to pin it again.")
+ROLES_BY_PATH = {"config.json": "config", "percept.json": "percept_config", "vae/config.json": "vae_config",
+                 "scheduler/scheduler_config.json": "scheduler_config", "diffusion_pytorch_model.safetensors": "weights",
+                 "vae/diffusion_pytorch_model.safetensors": "vae_weights"}  # what `models lock` calls builtin files
 
 
 def hub_cache_dir() -> Path:
@@ -44,17 +48,10 @@ def hub_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME") or xdg / "huggingface").expanduser() / "hub"
 
 
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
 def _auth() -> dict[str, Any]:
     """huggingface_hub's endpoint and token keywords, read at call time."""
-    return {"endpoint": hub_endpoint(), "token": os.environ.get("HF_TOKEN") or None}
-
-
-def _timeout() -> float:
-    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    return {"endpoint": endpoint, "token": os.environ.get("HF_TOKEN") or None}
 
 
 def hf_hub() -> Any:
@@ -68,11 +65,8 @@ def hf_hub() -> Any:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_sha256(path: str | Path, *, trust_cache: bool = True) -> str:
@@ -122,6 +116,17 @@ def _not_cached(model: str, offline: bool = False) -> ModelNotCachedError:
                                f"`percept models pull {model}`{' on a networked machine' * offline}, or use --model tiny")
 
 
+def _mismatch(f: LockFile, model: str, size: int | None, digest: str | None, fix: str,
+              where: str = "") -> ChecksumError | None:
+    """The error for a file whose size or sha256 (where known) differs from what the lock expects, else None."""
+    source = "the Hub's file listing" if model.startswith("hf://") else "weights.lock"
+    for found, mine, theirs in (("is {} bytes", f.size, size), ("has sha256 {}", f.sha256, digest)):
+        if mine and theirs is not None and theirs != "" and mine != theirs:
+            return ChecksumError(f"{_label(f)} (model '{model}') {found.format(theirs)}{where}, {source} expects "
+                                 f"{mine}: {fix}")
+    return None
+
+
 def _hub_call(call: Any, what: str, model: str, *, probing: bool) -> Any:
     """Run a huggingface_hub call; map its failure to a percept error naming the file and the fix."""
     if any((os.environ.get(v) or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
@@ -138,28 +143,36 @@ def _hub_call(call: Any, what: str, model: str, *, probing: bool) -> Any:
         if probing and not status:  # no HTTP answer at all: refused, timed out
             raise _not_cached(model, offline=True) from None
         raise DownloadError(HTTP_ERRORS.get(status, HTTP_ERRORS[500] if status else HTTP_ERRORS[0]).format(
-            what=what, endpoint=hub_endpoint(), status=status, model=model, error=type(e).__name__)) from None
+            what=what, endpoint=_auth()["endpoint"], status=status, model=model, error=type(e).__name__)) from None
+
+
+def _listing(repo: str, revision: str, model: str) -> tuple[str, dict[str, tuple[int, str]]]:
+    """One model_info call, without retries: the commit a revision names now, and each file's size and LFS sha256."""
+    what = f"{repo}@{revision[:12]}"
+    info = _hub_call(lambda hf: hf.HfApi(**_auth()).model_info(
+        repo, revision=revision, files_metadata=True, timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)),
+        what, model, probing=True)
+    if not COMMIT_RE.fullmatch(info.sha or ""):
+        raise DownloadError(f"{_auth()['endpoint']} did not answer like a Hugging Face Hub for {what} (no commit "
+                            "sha): check HF_ENDPOINT")
+    return info.sha, {s.rfilename: (s.lfs.size, s.lfs.sha256) if s.lfs else (s.size or 0, "") for s in info.siblings}
 
 
 def _probe(files: Sequence[LockFile], model: str) -> list[LockFile]:
-    """HEAD each file, without retries: its commit (unpinned: the one `main` points to now, one per repo), size
-    and LFS sha256, refusing any the lock contradicts before a byte is downloaded."""
-    heads: dict[str, str] = {}
-    out: list[LockFile] = []
+    """Each file's commit (unpinned: the one `main` points to now), size and LFS sha256 from the Hub, refusing any
+    the lock contradicts before a byte is downloaded."""
+    listings: dict[tuple[str, str], tuple[str, dict[str, tuple[int, str]]]] = {}
+    out = []
     for f in files:
-        meta = _hub_call(lambda hf: hf.get_hf_file_metadata(hf.hf_hub_url(
-            f.repo, f.path, revision=f.revision or heads.get(f.repo, "main"), endpoint=hub_endpoint()),
-            token=_auth()["token"], timeout=_timeout()), _label(f), model, probing=True)
-        if not COMMIT_RE.fullmatch(meta.commit_hash or ""):
-            raise DownloadError(f"{hub_endpoint()} did not answer like a Hugging Face Hub for {_label(f)} "
-                                "(no X-Repo-Commit header): check HF_ENDPOINT")
-        heads.setdefault(f.repo, meta.commit_hash)
-        sha = etag if SHA256_RE.fullmatch(etag := (meta.etag or "").strip('"')) else ""
-        for what, mine, theirs in (("size", f.size, meta.size), ("sha256", f.sha256, sha)):
-            if mine and theirs and mine != theirs:
-                raise ChecksumError(f"{_label(f)} (model '{model}') has {what} {theirs} on the Hub, the lock expects "
-                                    f"{mine}: nothing was downloaded; check the commit, size and sha256 in the lock")
-        out.append(replace(f, revision=meta.commit_hash, size=f.size or meta.size or 0, sha256=f.sha256 or sha))
+        key = (f.repo, f.revision or "main")
+        commit, known = listings[key] if key in listings else listings.setdefault(key, _listing(*key, model))
+        if f.path not in known:
+            raise DownloadError(HTTP_ERRORS[404].format(what=_label(f), endpoint=_auth()["endpoint"]))
+        size, sha = known[f.path]
+        if err := _mismatch(f, model, size, sha, "nothing was downloaded; check the commit, size and sha256 in the "
+                            "lock", where=" on the Hub"):
+            raise err
+        out.append(replace(f, revision=commit, size=f.size or size, sha256=f.sha256 or sha))
     return out
 
 
@@ -171,24 +184,10 @@ def fix_for(entry: LockEntry | str) -> str:
     return f"run `percept models pull {getattr(entry, 'name', entry)} --force`"
 
 
-def _check(f: LockFile, path: Path, model: str, *, trust_cache: bool, fix: str) -> LockFile:
-    """Compare a file on disk with its expected size/sha256: the lock fields as found, or ChecksumError (a bad
-    Hub file is deleted first: the snapshot link and the blob behind it)."""
-    source = "the Hub's file listing" if model.startswith("hf://") else "weights.lock"
-    size = os.stat(path).st_size
-    digest = file_sha256(path, trust_cache=trust_cache) if not f.size or size == f.size else ""
-    if (f.size and size != f.size) or (f.sha256 and digest != f.sha256):
-        for p in {path, Path(os.path.realpath(path))} if f.repo else ():
-            p.unlink(missing_ok=True)
-        got, want = (f"is {size} bytes", f.size) if not digest else (f"has sha256 {digest}", f.sha256)
-        raise ChecksumError(f"{_label(f)} (model '{model}') {got}, {source} expects {want}: "
-                            + ("the cached file was deleted; " if f.repo else "") + fix)
-    return replace(f, size=size, sha256=digest)
-
-
 def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool, progress: bool, force: bool = False,
            trust_cache: bool = True, probed: bool = False) -> list[Fetched]:
-    """Make files present and verified: cache (or package) first, then probe the Hub, then download."""
+    """Make files present and verified: cache (or package) first, then probe the Hub, then download; a file that
+    fails its check is refused (a Hub file is deleted first: the snapshot link and the blob behind it)."""
     name = getattr(model, "name", model)
     paths = {f: None if force and f.repo else cached_file(f) for f in files}
     if missing := [f for f in files if paths[f] is None]:
@@ -201,20 +200,22 @@ def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool,
             gpu = "; a GPU is recommended" if total >= LARGE_DOWNLOAD else ""
             print(f"downloading {name}" + (f" (~{human_size(total)}{gpu})" if total else ""), file=sys.stderr,
                   flush=True)
+        bars = hf_hub().utils
+        (bars.enable_progress_bars if progress else bars.disable_progress_bars)("huggingface_hub.http_get")
         for f in missing:
             paths[f] = Path(_hub_call(lambda hf: hf.hf_hub_download(
-                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), force_download=force, **_auth(),
-                tqdm_class=None if progress else _quiet(hf)), _label(f), name, probing=False))
-    return [Fetched(_check(f, paths[f], name, trust_cache=trust_cache, fix=fix_for(model)), paths[f])  # type: ignore
-            for f in files]
-
-
-def _quiet(hf: Any) -> type:
-    class Quiet(hf.utils.tqdm):  # type: ignore[misc, name-defined]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**kwargs, "disable": True})
-
-    return Quiet
+                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), force_download=force, **_auth()),
+                _label(f), name, probing=False))
+    out = []
+    for f in files:
+        path = paths[f]
+        size, digest = os.stat(path).st_size, file_sha256(path, trust_cache=trust_cache)
+        if err := _mismatch(f, name, size, digest, ("the cached file was deleted; " if f.repo else "") + fix_for(model)):
+            for p in {path, Path(os.path.realpath(path))} if f.repo else ():
+                p.unlink(missing_ok=True)
+            raise err
+        out.append(Fetched(replace(f, size=size, sha256=digest), path))
+    return out
 
 
 def human_size(n: int | None) -> str:
@@ -295,14 +296,12 @@ def _resolve_hf(spec: str, *, download: bool, progress: bool, force: bool = Fals
             pass
     if not download:
         raise _not_cached(spec)
-    info = _hub_call(lambda hf: hf.HfApi(**_auth()).model_info(repo, revision=rev, files_metadata=True,
-                                                                 timeout=_timeout()), f"{repo}@{rev[:12]}", spec, probing=True)
-    wanted = sorted((s for s in info.siblings or [] if s.rfilename.startswith(f"{sub}/" if sub else "")),
-                    key=lambda s: (s.rfilename.rpartition("/")[2] in ("percept.json", "config.json"), s.rfilename))
+    _, known = _listing(repo, rev, spec)
+    wanted = sorted((p for p in known if p.startswith(f"{sub}/" if sub else "")),
+                    key=lambda p: (p.rpartition("/")[2] in ("percept.json", "config.json"), p))
     if not wanted:
         raise ModelError(f"'{sub or '/'}' holds no files in {repo}@{rev[:12]}: check the path in '{spec}'")
-    files = [LockFile("file", s.rfilename, repo, rev, *((s.lfs.size, s.lfs.sha256) if s.lfs else (s.size or 0, "")))
-             for s in wanted]
+    files = [LockFile("file", p, repo, rev, *known[p]) for p in wanted]
     fetched = _fetch(files, spec, download=True, progress=progress, force=force, probed=True)
     return source_from_folder(folder, spec), fetched
 
@@ -326,7 +325,7 @@ def pull_model(spec: str, *, force: bool = False, progress: bool = True, pin: bo
 
 def verify_models(name: str | None = None, *, lock: Lock | None = None) -> dict[str, list[dict[str, Any]]]:
     """Re-hash every cached file of one model (or all), ignoring the verified cache; no network. Each file's
-    lock fields, cache_path, actual_size, actual_sha256 and status: ok | mismatch | missing | unpinned."""
+    lock fields, cache_path, actual_size, actual_sha256, status (ok | mismatch | missing | unpinned) and error."""
     lock = lock or load_lock()
     out: dict[str, list[dict[str, Any]]] = {}
     for entry in [lock.entry(name)] if name else lock.models.values():
@@ -334,9 +333,10 @@ def verify_models(name: str | None = None, *, lock: Lock | None = None) -> dict[
         for f in entry.files:
             path = cached_file(f)
             size, digest = (os.stat(path).st_size, file_sha256(path, trust_cache=False)) if path else (None, None)
-            bad = path and ((f.sha256 and digest != f.sha256) or (f.size and size != f.size))
+            err = _mismatch(f, entry.name, size, digest, fix_for(entry))
             out[entry.name].append({**file_row(f, path), "actual_size": size, "actual_sha256": digest, "status":
-                                    "missing" if not path else "mismatch" if bad else "ok" if f.pinned else "unpinned"})
+                                    "missing" if not path else "mismatch" if err else "ok" if f.pinned else "unpinned",
+                                    "error": str(err) if err else None})
     return out
 
 
@@ -353,11 +353,9 @@ def lock_model(name: str, *, lock: Lock | None = None) -> list[LockFile]:
     if not paths:
         raise ModelError(f"builtin model folder {folder} is empty or missing: put the trained '{name}' there first, "
                          f"then run `percept models lock {name}`")
-    roles = {"config.json": "config", "percept.json": "percept_config", "vae/config.json": "vae_config",
-             "scheduler/scheduler_config.json": "scheduler_config", "diffusion_pytorch_model.safetensors": "weights",
-             "vae/diffusion_pytorch_model.safetensors": "vae_weights"}
-    files = [LockFile(roles.get(p.relative_to(folder).as_posix(), "file"), p.relative_to(PACKAGE_DIR).as_posix(),
-                      size=p.stat().st_size, sha256=file_sha256(p, trust_cache=False)) for p in paths]
+    files = [LockFile(ROLES_BY_PATH.get(p.relative_to(folder).as_posix(), "file"),
+                      p.relative_to(PACKAGE_DIR).as_posix(), size=p.stat().st_size,
+                      sha256=file_sha256(p, trust_cache=False)) for p in paths]
     from safetensors import SafetensorError, safe_open
 
     try:  # the parameter count, from the weights' safetensors header

@@ -5,7 +5,7 @@ It serves in-memory repos on 127.0.0.1 (a free port) and answers, like the Hub d
                                                also as X-Linked-Etag with X-Linked-Size), Content-Length,
                                                Range requests (206)
   GET /api/models/{repo}/revision/{revision}   {"id", "sha", "siblings": [{"rfilename", "size", "blobId", "lfs"}]}
-Faults, per file path (or "*" for every file; "api" for the API route):
+Faults, per file path (or "*" for every file and the API route; "api" for the API route alone):
   wrong_bytes  same size, other bytes, while the headers still claim the right sha256
   truncate     Content-Length says the full size, the body stops half-way and the connection closes;
                the client's resume (a Range request) is answered 416, so it fails fast
@@ -125,7 +125,7 @@ def _make_handler(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             self._error(404, "NotFound", head=head)
 
         def _api(self, repo: str, rev: str, head: bool) -> None:
-            if hub.faults.get("api") == "error500":
+            if "error500" in (hub.faults.get("api"), hub.faults.get("*")):
                 return self._error(500, "InternalError", head=head)
             if repo not in hub.commits:
                 return self._error(404, "RepoNotFound", head=head)
