@@ -9,6 +9,7 @@ mtime and inode).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -161,11 +162,10 @@ def _listing(repo: str, revision: str, model: str) -> tuple[str, dict[str, tuple
 def _probe(files: Sequence[LockFile], model: str) -> list[LockFile]:
     """Each file's commit (unpinned: the one `main` points to now), size and LFS sha256 from the Hub, refusing any
     the lock contradicts before a byte is downloaded."""
-    listings: dict[tuple[str, str], tuple[str, dict[str, tuple[int, str]]]] = {}
+    listing = functools.cache(lambda repo, revision: _listing(repo, revision, model))  # one call per repo
     out = []
     for f in files:
-        key = (f.repo, f.revision or "main")
-        commit, known = listings[key] if key in listings else listings.setdefault(key, _listing(*key, model))
+        commit, known = listing(f.repo, f.revision or "main")
         if f.path not in known:
             raise DownloadError(HTTP_ERRORS[404].format(what=_label(f), endpoint=_auth()["endpoint"]))
         size, sha = known[f.path]
@@ -311,11 +311,14 @@ def pull_model(spec: str, *, force: bool = False, progress: bool = True, pin: bo
     """Download and verify a model's files. With `pin` (True: the user lock, or a lock file's path), an unpinned
     entry is fetched at the commit `main` points to now, and every file's commit, size and sha256 are written
     there: trust on first use."""
+    hf_hub()  # a bad HF_* setting is a one-line error before anything else
     if spec.startswith("hf://"):
         return _resolve_hf(spec, download=True, progress=progress, force=force)[1]
     entry = (lock or load_lock()).entry(spec)
     if not pin or entry.builtin or entry.pinned:
         return _fetch_entry(entry, download=True, progress=progress, force=force)
+    print(f"pinning '{spec}' at the current commit of its repos: trust on first use, the Hub's bytes today become "
+          "what every later load must match", file=sys.stderr, flush=True)
     fetched = _fetch(_probe(entry.files, entry.name), entry, download=True, progress=progress, force=force,
                      trust_cache=not force, probed=True)
     write_lock_files(user_lock_path() if pin is True else pin, entry.name, [x.file for x in fetched],
