@@ -122,7 +122,7 @@ def _mismatch(f: LockFile, model: str, size: int | None, digest: str | None, fix
     """The error for a file whose size or sha256 (where known) differs from what the lock expects, else None."""
     source = "the Hub's file listing" if model.startswith("hf://") else "weights.lock"
     for found, mine, theirs in (("is {} bytes", f.size, size), ("has sha256 {}", f.sha256, digest)):
-        if mine and theirs is not None and theirs != "" and mine != theirs:
+        if mine and theirs not in (None, "") and mine != theirs:
             return ChecksumError(f"{_label(f)} (model '{model}') {found.format(theirs)}{where}, {source} expects "
                                  f"{mine}: {fix}")
     return None
@@ -200,11 +200,10 @@ def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool,
             gpu = "; a GPU is recommended" if total >= LARGE_DOWNLOAD else ""
             print(f"downloading {name}" + (f" (~{human_size(total)}{gpu})" if total else ""), file=sys.stderr,
                   flush=True)
-        bars = hf_hub().utils
-        (bars.enable_progress_bars if progress else bars.disable_progress_bars)("huggingface_hub.http_get")
         for f in missing:
             paths[f] = Path(_hub_call(lambda hf: hf.hf_hub_download(
-                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), force_download=force, **_auth()),
+                f.repo, f.path, revision=f.revision, cache_dir=hub_cache_dir(), force_download=force, **_auth(),
+                tqdm_class=None if progress else functools.partial(hf.utils.tqdm, disable=True)),
                 _label(f), name, probing=False))
     out = []
     for f in files:
