@@ -36,9 +36,6 @@ HTTP_ERRORS = {  # what a failed Hub call says, by HTTP status (0: no answer; 50
 HTTP_ERRORS[403] = HTTP_ERRORS[401]
 USER_LOCK_HEADER = ("percept's user lock: models pinned by `percept models pull NAME --pin` (trust on first use),\n"
                     "read over the packaged weights.lock. Delete a model's tables here to pin it again.")
-ROLES_BY_PATH = {"config.json": "config", "percept.json": "percept_config", "vae/config.json": "vae_config",
-                 "scheduler/scheduler_config.json": "scheduler_config", "diffusion_pytorch_model.safetensors": "weights",
-                 "vae/diffusion_pytorch_model.safetensors": "vae_weights"}  # what `models lock` calls builtin files
 
 
 def hub_cache_dir() -> Path:
@@ -156,7 +153,8 @@ def _listing(repo: str, revision: str, model: str) -> tuple[str, dict[str, tuple
     if not COMMIT_RE.fullmatch(info.sha or ""):
         raise DownloadError(f"{_auth()['endpoint']} did not answer like a Hugging Face Hub for {what} (no commit "
                             "sha): check HF_ENDPOINT")
-    return info.sha, {s.rfilename: (s.lfs.size, s.lfs.sha256) if s.lfs else (s.size or 0, "") for s in info.siblings}
+    siblings = info.siblings or []
+    return info.sha, {s.rfilename: (s.lfs.size, s.lfs.sha256) if s.lfs else (s.size or 0, "") for s in siblings}
 
 
 def _probe(files: Sequence[LockFile], model: str) -> list[LockFile]:
@@ -209,7 +207,8 @@ def _fetch(files: Sequence[LockFile], model: str | LockEntry, *, download: bool,
     for f in files:
         path = paths[f]
         size, digest = os.stat(path).st_size, file_sha256(path, trust_cache=trust_cache)
-        if err := _mismatch(f, name, size, digest, ("the cached file was deleted; " if f.repo else "") + fix_for(model)):
+        fix = ("the cached file was deleted; " if f.repo else "") + fix_for(model)
+        if err := _mismatch(f, name, size, digest, fix):
             for p in {path, Path(os.path.realpath(path))} if f.repo else ():
                 p.unlink(missing_ok=True)
             raise err
@@ -355,9 +354,11 @@ def lock_model(name: str, *, lock: Lock | None = None) -> list[LockFile]:
     if not paths:
         raise ModelError(f"builtin model folder {folder} is empty or missing: put the trained '{name}' there first, "
                          f"then run `percept models lock {name}`")
-    files = [LockFile(ROLES_BY_PATH.get(p.relative_to(folder).as_posix(), "file"),
-                      p.relative_to(PACKAGE_DIR).as_posix(), size=p.stat().st_size,
-                      sha256=file_sha256(p, trust_cache=False)) for p in paths]
+    roles = {"config.json": "config", "percept.json": "percept_config", "vae/config.json": "vae_config",
+             "scheduler/scheduler_config.json": "scheduler_config", "diffusion_pytorch_model.safetensors": "weights",
+             "vae/diffusion_pytorch_model.safetensors": "vae_weights"}
+    files = [LockFile(roles.get(p.relative_to(folder).as_posix(), "file"), p.relative_to(PACKAGE_DIR).as_posix(),
+                      size=p.stat().st_size, sha256=file_sha256(p, trust_cache=False)) for p in paths]
     from safetensors import SafetensorError, safe_open
 
     try:  # the parameter count, from the weights' safetensors header
