@@ -112,6 +112,7 @@ def test_verify_reports_and_fails_on_a_corrupt_file(unpinned: Path) -> None:
     assert "percept models pull generalist --force" in str(result.exception)
     report = json.loads(result.stdout)
     assert not report["ok"] and report["models"]["generalist"][0]["status"] == "mismatch"
+    assert report["models"]["generalist"][0]["error"] == str(result.exception)  # the same words, in the JSON too
     run_json("pull", "generalist", "--force")  # the fix it names works
     assert run_json("verify", "generalist")["ok"]
 

@@ -181,6 +181,15 @@ def test_hub_hash_contradicting_lock_is_refused_before_download(official: Offici
     assert official.hub.count("GET", "/resolve/") == 0
 
 
+def test_file_missing_on_the_hub_is_refused_before_download(official: Official) -> None:
+    files = [dict(f) for f in official.files]
+    files[0]["path"] = "no_such.pt"
+    official.lock.write_text(lock_text("generalist", files))
+    with pytest.raises(DownloadError, match=r"no_such.pt of zeeshanp/\S+ was not found on .*\(HTTP 404\)"):
+        H.resolve_model("generalist", progress=False)
+    assert official.hub.count("GET", "/resolve/") == 0
+
+
 def test_truncated_download_is_refused(official: Official, monkeypatch: pytest.MonkeyPatch) -> None:
     no_sleep(monkeypatch)
     official.hub.faults["vae/diffusion_pytorch_model.safetensors"] = "truncate"
