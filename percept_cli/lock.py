@@ -174,9 +174,9 @@ def _parse_entry(path: Path, name: str, raw: dict[str, Any]) -> LockEntry:
                         (f.sha256 == "" or SHA256_RE.fullmatch(str(f.sha256)), "sha256 must be 64 lowercase hex digits"),
                         (f.revision == "" or COMMIT_RE.fullmatch(str(f.revision)),
                          f'revision = {f.revision!r} must be a full 40-hex commit or "" (never a branch)'),
-                        (not builtin or not (f.repo or f.revision), ": builtin files have no repo or revision"),
+                        (not builtin or not (f.repo or f.revision), "builtin files have no repo or revision"),
                         (builtin or (isinstance(f.repo, str) and "/" in f.repo), 'repo must be like "owner/name"')):
-            check(ok, f"files[{i}]" + ("" if msg.startswith(":") else ".") + msg)
+            check(ok, f"files[{i}]: {msg}")
         files.append(f)
     check(isinstance(raw.get("tasks", []), list) and isinstance(raw.get("config", {}), dict),
           "tasks must be an array and config a table")
