@@ -11,15 +11,12 @@ tasks' per-video states (Task.video_state), the hook through which the run loop 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from percept_cli.errors import InputError
 from percept_cli.metrics import fit_scale_shift
-from percept_cli.tasks.base import VideoState
+from percept_cli.tasks.base import VideoState, read_first
 
 
 def fit_affine(src: np.ndarray, ref: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, float]:
@@ -123,18 +120,6 @@ class ClipRange:
 # ------------------------------------------------------------------------------------------------ per-video states of tasks
 
 
-def _read_first(outputs: list[Path], readers: tuple[tuple[str, Callable[[Path], np.ndarray]], ...]) -> np.ndarray | None:
-    """The first output whose name ends with a reader's suffix, read; None when none is there or readable."""
-    for suffix, read in readers:
-        path = next((p for p in outputs if p.name.endswith(suffix)), None)
-        if path is not None:
-            try:
-                return read(path)
-            except (InputError, OSError, ValueError):
-                return None
-    return None
-
-
 class DepthVideo(VideoState):
     """Depth in a video: each frame aligned (scale and shift) to the previous aligned frame unless --no-temporal,
     and its .mp4 frame coloured with one widen-only range for the clip."""
@@ -164,7 +149,7 @@ class DepthVideo(VideoState):
         """A frame written by an earlier run: its depth (the .npy, else the 16-bit PNG) continues the clip."""
         from percept_cli import writers as W
 
-        depth = _read_first(outputs, ((".depth.npy", lambda p: np.load(p).astype(np.float32)),
+        depth = read_first(outputs, ((".depth.npy", lambda p: np.load(p).astype(np.float32)),
                                       (".depth.png", W.read_png16)))
         if depth is None or depth.ndim != 2:
             return super().skipped(outputs, item)
@@ -194,7 +179,7 @@ class FlowVideo(VideoState):
     def skipped(self, outputs, item):
         from percept_cli import writers as W
 
-        flow = _read_first(outputs, ((".flow.npy", np.load), (".flow.flo", W.read_flo)))
+        flow = read_first(outputs, ((".flow.npy", np.load), (".flow.flo", W.read_flo)))
         if flow is None or flow.ndim != 3 or flow.shape[-1] != 2:
             return super().skipped(outputs, item)
         return self.draw(flow.astype(np.float32))

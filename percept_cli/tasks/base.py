@@ -69,6 +69,18 @@ def uncertainty_writers(uncertainty: np.ndarray | None) -> dict[str, Callable[[P
     }
 
 
+def read_first(outputs: list[Path], readers: tuple[tuple[str, Callable[[Path], np.ndarray]], ...]) -> np.ndarray | None:
+    """The first output whose name ends with a reader's suffix, read; None when none is there or readable."""
+    for suffix, read in readers:
+        path = next((p for p in outputs if p.name.endswith(suffix)), None)
+        if path is not None:
+            try:
+                return read(path)
+            except (InputError, OSError, ValueError):
+                return None
+    return None
+
+
 def write_plan(plan: dict[str, Path], writers: dict[str, Callable[[Path], object]], overwrite: bool) -> list[Path]:
     """Run each writer whose file is missing (or all with overwrite); return every planned path."""
     for key, path in plan.items():
@@ -238,14 +250,7 @@ class Task:
 
     def viz_from_outputs(self, outputs: list[Path], item: TaskInput) -> np.ndarray | None:
         """Rebuild a skipped frame's .mp4 frame from its files on disk; None if none can be read."""
-        for suffix, read in self.viz_readers(item):
-            path = next((p for p in outputs if p.name.endswith(suffix)), None)
-            if path is not None:
-                try:
-                    return read(path)
-                except (InputError, OSError, ValueError):
-                    return None
-        return None
+        return read_first(outputs, self.viz_readers(item))
 
     # -- evaluation -------------------------------------------------------------------------------
 
