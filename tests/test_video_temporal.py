@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from percept_cli.cli import main
 from percept_cli.tasks import DepthResult, FlowResult, TaskInput, get_task
 from percept_cli.temporal import ClipRange, DepthVideo, FlowVideo
-from tests.helpers import tiny_model_folder
+from tests.helpers import percept, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,18 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return tiny_model_folder(tmp_path_factory.mktemp("video") / "tiny", num_experts=0)
-
-
-def run(*args) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `percept ARGS` in-process."""
-    with CliRunner().isolation() as (out, err, _):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        sys.stdout.flush(), sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def write_clip(path: Path, frames: int, hw=(32, 32)) -> Path:
@@ -142,7 +128,7 @@ def test_video_depth_temporal_default_no_temporal_resume_and_json(model, tmp_pat
     fast = ["--model", model, "--resolution", "32", "--steps", "2", "--ensemble", "2", "-q"]
     outs = {}
     for name, flag in (("on", []), ("off", ["--no-temporal"])):
-        code, stdout, stderr = run("depth", clip, "-o", tmp_path / name, "--json", *flag, *fast)
+        code, stdout, stderr = percept("depth", clip, "-o", tmp_path / name, "--json", *flag, *fast)
         assert code == 0, stderr
         recs = [json.loads(line) for line in stdout.splitlines()]
         assert [r["frame"] for r in recs] == [0, 1, 2, 3, 4, 5, None]
@@ -157,9 +143,9 @@ def test_video_depth_temporal_default_no_temporal_resume_and_json(model, tmp_pat
     assert all(d.min() >= 0 and d.max() <= 1 for d in outs["off"])
     # resume: frames written by an earlier run carry the alignment on, so the result equals one run
     part = tmp_path / "part"
-    assert run("depth", clip, "-o", part, "--max-frames", "3", *fast)[0] == 0
+    assert percept("depth", clip, "-o", part, "--max-frames", "3", *fast)[0] == 0
     (part / "clip.depth.mp4").unlink()
-    code, stdout, stderr = run("depth", clip, "-o", part, "--json", *fast)
+    code, stdout, stderr = percept("depth", clip, "-o", part, "--json", *fast)
     assert code == 0, stderr
     assert [r["status"] for r in map(json.loads, stdout.splitlines())][:6] == ["skipped"] * 3 + ["ok"] * 3
     for i in range(6):
@@ -170,14 +156,14 @@ def test_video_flow_mp4_and_no_temporal_flag(model, tmp_path):
     import imageio.v3 as iio
 
     clip = write_clip(tmp_path / "clip.mp4", 4)
-    code, _, stderr = run("flow", clip, "-o", tmp_path / "o", "--no-temporal", "--model", model,
+    code, _, stderr = percept("flow", clip, "-o", tmp_path / "o", "--no-temporal", "--model", model,
                           "--resolution", "32", "--steps", "1", "-q")
     assert code == 0, stderr
     assert iio.imread(tmp_path / "o" / "clip.flow.mp4").shape[0] == 3
 
 
 def test_eval_temporal_reports_both_modes(model):
-    code, stdout, stderr = run("eval", "--model", model, "--temporal", "--count", "1", "--frames", "3",
+    code, stdout, stderr = percept("eval", "--model", model, "--temporal", "--count", "1", "--frames", "3",
                                "--size", "32", "--resolution", "32", "--steps", "1", "--ensemble", "1", "--json")
     assert code == 0, stderr
     res = json.loads(stdout)
@@ -186,7 +172,7 @@ def test_eval_temporal_reports_both_modes(model):
         assert set(row) == {"abs_rel", "delta1", "flicker"} and all(np.isfinite(list(row.values())))
     # per-frame AbsRel fits each frame by itself: alignment cannot change it
     assert res["scores"]["abs_rel"] == pytest.approx(res["baselines"]["--no-temporal"]["abs_rel"], rel=1e-3)
-    code, _, stderr = run("eval", "--model", model, "--temporal", "--frames", "1")
+    code, _, stderr = percept("eval", "--model", model, "--temporal", "--frames", "1")
     assert code == 2 and "--frames" in stderr
 
 
@@ -195,8 +181,7 @@ def test_eval_temporal_reports_both_modes(model):
 PEAK_RSS = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from percept_cli.cli import main
-    from percept_cli.pipeline import Predictor
+        from percept_cli.pipeline import Predictor
     from percept_cli.tasks import DepthResult
 
     def predict_iter(self, task, inputs, settings=None, on_step=None):  # trivial and fast: the run loop is tested
