@@ -181,7 +181,8 @@ def test_eval_temporal_reports_both_modes(model):
 PEAK_RSS = textwrap.dedent("""
     import resource, sys
     import numpy as np
-        from percept_cli.pipeline import Predictor
+    from percept_cli.cli import main
+    from percept_cli.pipeline import Predictor
     from percept_cli.tasks import DepthResult
 
     def predict_iter(self, task, inputs, settings=None, on_step=None):  # trivial and fast: the run loop is tested
