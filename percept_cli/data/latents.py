@@ -35,13 +35,15 @@ VERSION = 1
 
 
 def file_hash(paths: list[Path]) -> str:
-    """sha256 over the bytes of these files (a VAE folder's config.json and weights)."""
+    """sha256 over these files' names and contents (a VAE folder's config.json and weights).
+
+    Each file's digest comes from hub.file_sha256, which remembers it by path, size, mtime and inode:
+    a multi-GB VAE is read once, not at every training start."""
+    from percept_cli.hub import file_sha256
+
     h = hashlib.sha256()
     for p in sorted(paths):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        h.update(f"{p.name}:{file_sha256(p)}\n".encode())
     return h.hexdigest()
 
 
