@@ -26,7 +26,6 @@ torch is imported only in step 4, so planning and `--help` stay light.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -647,15 +646,14 @@ def default_ensemble(task: str, model: str | None) -> int | None:
     try:
         from percept_cli.checkpoints import OFFICIAL_PIPELINE
         from percept_cli.hub import resolve_model
-        from percept_cli.lock import default_model_name
+        from percept_cli.lock import default_model_name, read_json
 
         source = resolve_model(model or default_model_name(), download=False, progress=False)
         if source.layout == "official":
             config = {**OFFICIAL_PIPELINE, **source.config}
         else:
             pjson = source.root / "percept.json" if source.root is not None else None
-            config = {**(json.loads(pjson.read_text()) if pjson is not None and pjson.is_file() else {}),
-                      **source.config}
+            config = {**(read_json(pjson, {}) if pjson is not None else {}), **source.config}
         # as Predictor.settings picks it: the task's own key, then the model's, then the built-in default
         value = config.get(f"{task}_ensemble")
         value = value if value is not None else config.get("ensemble", 1)  # pipeline.DEFAULTS: 1
